@@ -1,0 +1,48 @@
+"""Opening stores and rebuilding a run's state from its stream."""
+
+from __future__ import annotations
+
+import os
+
+from ledgerflow.events._chain import key_from_environment
+from ledgerflow.events._errors import RunNotFoundError, UsageError
+from ledgerflow.events._sqlite import SqliteEventStore
+from ledgerflow.events._state import RunState, apply
+from ledgerflow.events._store import EventStore
+
+_KEY_FROM_ENVIRONMENT = object()
+
+
+async def open_store(
+    url: str | os.PathLike[str], *, key: bytes | None | object = _KEY_FROM_ENVIRONMENT, create: bool = True
+) -> EventStore:
+    """Open an event store by URL: a SQLite file path (or ``sqlite:///path``).
+
+    The log key comes from ``LEDGERFLOW_LOG_KEY`` unless ``key`` is given.
+
+    Raises:
+        UsageError: The URL names a backend this version does not have.
+    """
+    text = os.fspath(url)
+    resolved_key = key_from_environment() if key is _KEY_FROM_ENVIRONMENT else key
+    if text.startswith("sqlite:///"):
+        text = text[len("sqlite:///") - 1 :] if text.startswith("sqlite:////") else text[len("sqlite:///") :]
+    elif "://" in text:
+        raise UsageError(f"unsupported store URL {text!r}: pass a SQLite file path")
+    return await SqliteEventStore.open(text, key=resolved_key, create=create)  # type: ignore[arg-type]
+
+
+async def load_run_state(store: EventStore, run_id: str, *, until_seq: int | None = None) -> RunState:
+    """Fold a run's stream into its state, verifying the chain on the way.
+
+    Raises:
+        StoreError: The run has no events.
+        TamperedLogError: The chain does not verify.
+    """
+    state = RunState()
+    async for recorded in store.read_stream(run_id, to_seq=until_seq):
+        apply(state, recorded.decode(store.path), seq=recorded.seq, recorded_at=recorded.recorded_at)
+    if state.seq == 0:
+        raise RunNotFoundError(run_id, store.path)
+    return state
+
