@@ -1,0 +1,78 @@
+"""ledgerflow: durable, event-sourced ETL pipelines on Ray.
+
+    import ledgerflow as lf
+
+    pipeline = lf.Pipeline("flights", params=FlightParams)
+"""
+
+__version__ = "0.1.0"
+
+from ledgerflow.actors import (  # noqa: E402
+    CodeChangedError,
+    ConfigurationError,
+    Context,
+    DecisionRefusedError,
+    LeaseHeldError,
+    Middleware,
+    ParameterError,
+    Pipeline,
+    PipelineDefinitionError,
+    PipelineImportError,
+    Retry,
+    RouteInput,
+    RunExistsError,
+    RunResult,
+    Secret,
+    Settings,
+    SqliteTable,
+    Validation,
+    cancel_run,
+    decide,
+    load_state,
+    resume_run,
+    start_run,
+)
+from ledgerflow.events import (  # noqa: E402
+    LedgerflowError,
+    RunState,
+    TamperedLogError,
+    UsageError,
+)
+
+run = start_run
+resume = resume_run
+cancel = cancel_run
+
+__all__ = [
+    "CodeChangedError",
+    "ConfigurationError",
+    "Context",
+    "DecisionRefusedError",
+    "LeaseHeldError",
+    "LedgerflowError",
+    "Middleware",
+    "ParameterError",
+    "Pipeline",
+    "PipelineDefinitionError",
+    "PipelineImportError",
+    "Retry",
+    "RouteInput",
+    "RunExistsError",
+    "RunResult",
+    "RunState",
+    "Secret",
+    "Settings",
+    "SqliteTable",
+    "TamperedLogError",
+    "UsageError",
+    "Validation",
+    "__version__",
+    "cancel",
+    "cancel_run",
+    "decide",
+    "load_state",
+    "resume",
+    "resume_run",
+    "run",
+    "start_run",
+]

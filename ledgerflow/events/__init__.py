@@ -15,6 +15,7 @@ from ledgerflow.events._chain import (
     key_from_environment,
     key_id,
     parse_key,
+    parse_recorded_at,
     validate_stream_id,
 )
 from ledgerflow.events._codec import decode_payload, encode_payload, encode_value

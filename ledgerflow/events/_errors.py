@@ -13,6 +13,18 @@ class LedgerflowError(Exception):
     #: Exit status the command line uses for this error.
     exit_code: int = 1
 
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        # Subclasses take keyword-only context, which the default pickling
+        # (cls(*args)) loses; Ray pickles errors raised in tasks and actors.
+        return (_restore_error, (type(self), self.args, self.__dict__))
+
+
+def _restore_error(cls: type[LedgerflowError], args: tuple[object, ...], state: dict[str, object]) -> LedgerflowError:
+    error = cls.__new__(cls)
+    Exception.__init__(error, *args)
+    error.__dict__.update(state)
+    return error
+
 
 class UsageError(LedgerflowError):
     """Raised when the caller passed an invalid value (the caller's fault)."""
