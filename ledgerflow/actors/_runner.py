@@ -11,6 +11,7 @@ import asyncio
 import datetime as dt
 import getpass
 import hashlib
+import logging
 import os
 import secrets
 import signal
@@ -146,9 +147,11 @@ def ensure_ray(address: str | None, *, log_to_driver: bool = False) -> None:
         return
     try:
         if address:
-            ray.init(address=address, namespace=NAMESPACE, log_to_driver=log_to_driver)
+            ray.init(address=address, namespace=NAMESPACE, log_to_driver=log_to_driver,
+                     logging_level=logging.ERROR)
         else:
-            ray.init(namespace=NAMESPACE, log_to_driver=log_to_driver, include_dashboard=False)
+            ray.init(namespace=NAMESPACE, log_to_driver=log_to_driver, include_dashboard=False,
+                     logging_level=logging.ERROR)
     except (ConnectionError, RuntimeError, ValueError) as err:
         raise ConfigurationError(f"cannot connect to Ray at {address or 'a new local cluster'}: {err}") from err
 

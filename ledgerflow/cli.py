@@ -1,0 +1,414 @@
+"""The ``ledgerflow`` command line.
+
+Exit statuses: 0 completed (or a query answered), 1 failed, 2 usage or input
+error, 3 waiting for approval, 4 decision refused, 5 log tampered, 6 ended
+without loading, 7 run held by another executor, 130 interrupted by Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from ledgerflow import _render as render
+from ledgerflow.actors import (
+    EXIT_CODES,
+    RunResult,
+    Settings,
+    cancel_run,
+    decide,
+    default_submitter,
+    lease_is_free,
+    load_pipeline,
+    resume_run,
+    start_run,
+    status_of,
+)
+from ledgerflow.actors._loader import canonical_locator
+from ledgerflow.actors._logging import configure_logging
+from ledgerflow.actors._runner import new_run_id
+from ledgerflow.events import (
+    LedgerflowError,
+    RunState,
+    TamperedLogError,
+    UsageError,
+    apply,
+    load_run_state,
+    open_store,
+    validate_stream_id,
+)
+
+
+class Options:
+    """The options every command takes."""
+
+    def __init__(self, home: str | None, store: str | None, checkpoints: str | None, address: str | None,
+                 as_json: bool, debug: bool) -> None:
+        self.settings = Settings.resolve(home=home, store=store, checkpoints=checkpoints, address=address)
+        self.as_json = as_json
+        self.debug = debug
+
+    @property
+    def interactive(self) -> bool:
+        return not self.as_json and sys.stdin.isatty() and sys.stdout.isatty()
+
+
+def common_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Add the shared options and turn ledgerflow errors into one line and an exit status."""
+
+    @click.option("--home", envvar="LEDGERFLOW_HOME", type=click.Path(file_okay=False),
+                  help="Directory of the log, checkpoints and default warehouse [default: ./.ledgerflow].")
+    @click.option("--store", envvar="LEDGERFLOW_STORE", help="Event store: a SQLite file path [default: HOME/ledgerflow.db].")
+    @click.option("--checkpoints", help="Checkpoint directory or pyarrow.fs URI [default: HOME/checkpoints].")
+    @click.option("--address", envvar="RAY_ADDRESS", help="Ray cluster to join [default: a private local Ray].")
+    @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (JSON lines for events); never prompt.")
+    @click.option("--debug", is_flag=True, help="Show tracebacks and Ray's worker output.")
+    @functools.wraps(command)
+    def wrapper(home: str | None, store: str | None, checkpoints: str | None, address: str | None,
+                as_json: bool, debug: bool, **kwargs: Any) -> None:
+        # The command line reports outcomes itself; library logs show with --debug
+        # or LEDGERFLOW_LOG_LEVEL.
+        configure_logging("debug" if debug else os.environ.get("LEDGERFLOW_LOG_LEVEL", "warning"))
+        try:
+            options = Options(home, store, checkpoints, address, as_json, debug)
+            code = command(options, **kwargs)
+        except LedgerflowError as err:
+            _fail(err, debug, as_json, err.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+        except click.exceptions.Exit:
+            raise
+        except Exception as err:  # noqa: BLE001 - the last line of defence prints one line
+            _fail(err, debug, as_json, 1, unexpected=True)
+        sys.exit(code or 0)
+
+    return wrapper
+
+
+def _fail(err: BaseException, debug: bool, as_json: bool, code: int, *, unexpected: bool = False) -> None:
+    if debug:
+        traceback.print_exception(err)
+    prefix = f"unexpected {type(err).__name__}: " if unexpected else ""
+    message = f"{prefix}{err}"
+    if as_json:
+        payload: dict[str, Any] = {"error": message, "error_type": type(err).__name__, "exit_code": code}
+        for attribute in ("run_id", "status", "seq", "stream_id"):
+            if getattr(err, attribute, None) is not None:
+                payload[attribute] = getattr(err, attribute)
+        click.echo(json.dumps(payload))
+    click.echo(f"error: {message}" + ("" if debug or not unexpected else " (rerun with --debug for the traceback)"),
+               err=True)
+    sys.exit(code)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="ledgerflow")
+def main() -> None:
+    """Durable, event-sourced ETL pipelines on Ray."""
+
+
+def _parse_params(values: tuple[str, ...]) -> dict[str, str]:
+    params: dict[str, str] = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"invalid --param {item!r}: use KEY=VALUE")
+        params[key.strip()] = value
+    return params
+
+
+# Running
+
+
+@main.command()
+@click.argument("pipeline")
+@click.option("--param", "params", multiple=True, metavar="K=V", help="A pipeline parameter; repeat for more.")
+@click.option("--run-id", help="Id of the new run [default: PIPELINE-TIME-RANDOM].")
+@click.option("--submitter", help="Who submits the run [default: user@host].")
+@click.option("--max-in-flight", type=click.IntRange(min=1), help="Most partition tasks running at once.")
+@common_options
+def run(options: Options, pipeline: str, params: tuple[str, ...], run_id: str | None, submitter: str | None,
+        max_in_flight: int | None) -> int:
+    """Start a run of PIPELINE (path/file.py[:NAME] or module:NAME) and follow it."""
+    loaded = load_pipeline(pipeline)
+    run_id = validate_stream_id(run_id or new_run_id(loaded.name))
+    if not options.as_json:
+        click.echo(f"run {run_id}", err=not options.interactive)
+    progress = render.Progress(enabled=options.interactive, quiet=options.as_json)
+    with progress:
+        result = start_run(
+            canonical_locator(pipeline), params=_parse_params(params), run_id=run_id, submitter=submitter,
+            settings=options.settings, on_progress=progress.update, max_in_flight=max_in_flight,
+            handle_sigint=True,
+        )
+    return _after_run(options, result, progress, max_in_flight)
+
+
+@main.command()
+@click.argument("run_id", metavar="RUN")
+@click.option("--pipeline", "locator", help="Where the pipeline is now, if its file moved.")
+@click.option("--allow-changed-code", is_flag=True, help="Continue even if the code changed since the start (recorded).")
+@click.option("--max-in-flight", type=click.IntRange(min=1), help="Most partition tasks running at once.")
+@common_options
+def resume(options: Options, run_id: str, locator: str | None, allow_changed_code: bool,
+           max_in_flight: int | None) -> int:
+    """Continue RUN from its last checkpoint."""
+    progress = render.Progress(enabled=options.interactive, quiet=options.as_json)
+    with progress:
+        result = resume_run(run_id, settings=options.settings, locator=locator,
+                            allow_changed_code=allow_changed_code, on_progress=progress.update,
+                            max_in_flight=max_in_flight, handle_sigint=True)
+    return _after_run(options, result, progress, max_in_flight)
+
+
+def _after_run(options: Options, result: RunResult, progress: render.Progress, max_in_flight: int | None) -> int:
+    while result.status == "waiting_for_approval" and options.interactive and result.changed:
+        state = _load(options, result.run_id)
+        decision = render.ask_decision(state, default_submitter())
+        if decision is None:
+            break
+        approve, reviewer, comment = decision
+        decided = decide(result.run_id, reviewer=reviewer, approve=approve, comment=comment,
+                         settings=options.settings)
+        click.echo(decided.message)
+        if not approve:
+            result = RunResult(result.run_id, "rejected", decided.seq, decided.message)
+            break
+        with progress:
+            result = resume_run(result.run_id, settings=options.settings, reason="approved",
+                                on_progress=progress.update, max_in_flight=max_in_flight, handle_sigint=True)
+    return _report(options, result)
+
+
+def _report(options: Options, result: RunResult, **extra: Any) -> int:
+    if options.as_json:
+        click.echo(json.dumps({"run_id": result.run_id, "status": result.status, "seq": result.seq,
+                               "message": result.message, **extra}))
+    else:
+        click.echo(result.message or f"run {result.run_id} {result.status}")
+    return EXIT_CODES.get(result.status, 1)
+
+
+# Decisions
+
+
+@main.command()
+@click.argument("run_id", metavar="RUN")
+@click.option("--reviewer", required=True, help="Who approves.")
+@click.option("--comment", default="", help="Why.")
+@click.option("--no-wait", is_flag=True, help="Only record the decision; do not continue the run here.")
+@common_options
+def approve(options: Options, run_id: str, reviewer: str, comment: str, no_wait: bool) -> int:
+    """Approve RUN at its gate, then continue it."""
+    decided = decide(run_id, reviewer=reviewer, approve=True, comment=comment, settings=options.settings)
+    if no_wait:
+        return _report(options, decided, decision="approved")
+    if not options.as_json:
+        click.echo(decided.message)
+    progress = render.Progress(enabled=options.interactive, quiet=options.as_json)
+    with progress:
+        result = resume_run(run_id, settings=options.settings, reason="approved", on_progress=progress.update,
+                            handle_sigint=True)
+    return _report(options, result, decision="approved", reviewer=reviewer)
+
+
+@main.command()
+@click.argument("run_id", metavar="RUN")
+@click.option("--reviewer", required=True, help="Who rejects.")
+@click.option("--comment", required=True, help="Why (recorded for auditors).")
+@common_options
+def reject(options: Options, run_id: str, reviewer: str, comment: str) -> int:
+    """Reject RUN at its gate; it ends without loading."""
+    decided = decide(run_id, reviewer=reviewer, approve=False, comment=comment, settings=options.settings)
+    return _report(options, decided, decision="rejected", reviewer=reviewer)
+
+
+@main.command()
+@click.argument("run_id", metavar="RUN")
+@click.option("--reason", default="", help="Why (recorded).")
+@common_options
+def cancel(options: Options, run_id: str, reason: str) -> int:
+    """End RUN if it has not finished; it loads nothing more."""
+    result = cancel_run(run_id, reason=reason, settings=options.settings)
+    return _report(options, result)
+
+
+# Queries
+
+
+def _load(options: Options, run_id: str, until_seq: int | None = None) -> RunState:
+    async def load() -> RunState:
+        store = await open_store(options.settings.store_url, create=False)
+        try:
+            return await load_run_state(store, run_id, until_seq=until_seq)
+        finally:
+            await store.close()
+
+    return asyncio.run(load())
+
+
+@main.command()
+@common_options
+def runs(options: Options) -> int:
+    """List runs, newest first."""
+
+    async def collect() -> list[dict[str, Any]]:
+        store = await open_store(options.settings.store_url)
+        try:
+            rows = []
+            for head in await store.list_streams():
+                state = await load_run_state(store, head.stream_id)
+                rows.append(render.run_row(state, status_of(state, store.path)))
+            return sorted(rows, key=lambda row: row["started_at"] or "", reverse=True)
+        finally:
+            await store.close()
+
+    rows = asyncio.run(collect())
+    if options.as_json:
+        click.echo(json.dumps({"runs": rows, "status": "ok"}))
+    else:
+        render.print_runs(rows)
+    return 0
+
+
+@main.command()
+@click.argument("run_id", metavar="RUN")
+@common_options
+def show(options: Options, run_id: str) -> int:
+    """Show RUN's status, nodes, timings and row counts."""
+    state = _load(options, run_id)
+    status = status_of(state, options.settings.store_path)
+    summary = render.run_summary(state, status)
+    if options.as_json:
+        click.echo(json.dumps(summary, default=str))
+    else:
+        render.print_summary(summary)
+    return 0
+
+
+@main.command()
+@click.argument("run_id", metavar="RUN")
+@click.option("--until", "until_seq", type=click.IntRange(min=1), help="Fold events up to this seq.")
+@common_options
+def replay(options: Options, run_id: str, until_seq: int | None) -> int:
+    """Show RUN's state folded from its log, up to --until SEQ."""
+    state = _load(options, run_id, until_seq)
+    summary = render.run_summary(state, state.status)
+    summary["seq"] = state.seq
+    if options.as_json:
+        click.echo(json.dumps(summary, default=str))
+    else:
+        render.print_summary(summary)
+    return 0
+
+
+@main.command()
+@click.argument("run_id", metavar="RUN")
+@click.option("--from", "from_seq", type=click.IntRange(min=1), default=1, help="First seq to print.")
+@click.option("--follow", is_flag=True, help="Keep printing until the run ends or waits for approval.")
+@common_options
+def events(options: Options, run_id: str, from_seq: int, follow: bool) -> int:
+    """Print RUN's events, one a line."""
+    return asyncio.run(_print_events(options, run_id, from_seq, follow))
+
+
+async def _print_events(options: Options, run_id: str, from_seq: int, follow: bool) -> int:
+    store = await open_store(options.settings.store_url, create=False)
+    try:
+        state = await load_run_state(store, run_id)
+        prefix = RunState()
+        async for recorded in store.read_stream(run_id, to_seq=state.seq):
+            event = recorded.decode(store.path)
+            apply(prefix, event, seq=recorded.seq, recorded_at=recorded.recorded_at)
+            if recorded.seq >= from_seq:
+                _echo_event(options, recorded, event, prefix.status)
+        if not follow or _stops_following(prefix, store.path):
+            return 0
+        position = await _global_position(store, run_id, state.seq)
+        async for recorded in store.subscribe(after_position=position, stream_id=run_id, poll_interval=0.1):
+            event = recorded.decode(store.path)
+            apply(prefix, event, seq=recorded.seq, recorded_at=recorded.recorded_at)
+            if recorded.seq >= from_seq:
+                _echo_event(options, recorded, event, prefix.status)
+            if _stops_following(prefix, store.path):
+                break
+        return 0
+    finally:
+        await store.close()
+
+
+def _stops_following(state: RunState, store_path: str) -> bool:
+    if state.terminal or state.status == "waiting_for_approval":
+        return True
+    return bool(state.interrupted) and lease_is_free(store_path, state.run_id)
+
+
+async def _global_position(store: Any, run_id: str, seq: int) -> int:
+    async for recorded in store.read_stream(run_id, from_seq=seq, to_seq=seq, verify=False):
+        return recorded.global_position
+    return 0
+
+
+def _echo_event(options: Options, recorded: Any, event: Any, status: str) -> None:
+    payload = event.model_dump(mode="json")
+    if options.as_json:
+        click.echo(json.dumps({
+            "run_id": recorded.stream_id, "seq": recorded.seq, "type": recorded.type,
+            "recorded_at": recorded.recorded_at, "event_id": recorded.event_id,
+            "schema_version": recorded.schema_version, "status": status, "hash": recorded.hash.hex(),
+            "payload": payload,
+        }, default=str))
+    else:
+        click.echo(render.event_line(recorded, payload))
+    sys.stdout.flush()
+
+
+@main.command()
+@click.argument("run_id", metavar="RUN", required=False)
+@common_options
+def verify(options: Options, run_id: str | None) -> int:
+    """Check the hash chains of every run, or of RUN; print each head hash."""
+
+    async def check() -> Any:
+        store = await open_store(options.settings.store_url, create=False)
+        try:
+            return await store.verify(run_id)
+        finally:
+            await store.close()
+
+    report = asyncio.run(check())
+    streams = [
+        {"run_id": item.stream_id, "status": "ok" if item.ok else "tampered", "events": item.events,
+         "head_seq": item.head_seq, "head_hash": item.head_hash, "first_bad_seq": item.first_bad_seq,
+         "reason": item.reason, "detail": item.detail}
+        for item in report.streams
+    ]
+    if run_id is not None and not report.streams[0].events and report.streams[0].head_seq is None:
+        raise UsageError(f"run {run_id!r} not found in {report.path}: list runs with 'ledgerflow runs'")
+    if options.as_json:
+        payload: dict[str, Any] = {"ok": report.ok, "chain": report.chain, "log": report.path, "streams": streams,
+                                   "status": "ok" if report.ok else "tampered"}
+        if run_id is not None:
+            payload["run_id"] = run_id
+        click.echo(json.dumps(payload))
+    else:
+        render.print_verify(report.path, report.chain, streams)
+    if not report.ok:
+        bad = next(item for item in report.streams if not item.ok)
+        if not options.as_json:
+            click.echo(f"error: {bad.detail}", err=True)
+        return TamperedLogError.exit_code
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
