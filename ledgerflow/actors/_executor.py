@@ -126,6 +126,7 @@ class Executor:
     """Runs one pipeline run to its end, to its approval gate, or until stopped."""
 
     def __init__(self, config: ExecutorConfig) -> None:
+        configure_logging(config.log_level)
         self.config = config
         self.state = RunState()
         self.pipeline: Pipeline | None = None
@@ -140,6 +141,8 @@ class Executor:
         self._order: list[str] = []
         self._partition_values: dict[str, dict[str, Any]] = {}
         self._gates_to_check: set[str] = set()
+        self._created = time.perf_counter()
+        self._ready_s: float | None = None
 
     def request_interrupt(self, reason: str) -> None:
         """Ask the run to stop at the next boundary and record ``RunInterrupted``."""
@@ -148,7 +151,6 @@ class Executor:
     # Life cycle
 
     async def run(self) -> RunOutcome:
-        configure_logging(self.config.log_level)
         self.store = await open_store(self.config.store_url)
         lease = Lease(self.store.path, self.config.run_id)
         try:
@@ -242,6 +244,8 @@ class Executor:
                 await self._catch_up()
         for offset, item in enumerate(batch):
             apply(self.state, item.event, seq=result.first_seq + offset, recorded_at=stamp)
+        if self._ready_s is None:
+            self._ready_s = time.perf_counter() - self._created
         fault = self.config.fault_exit_after_seq
         if fault is not None and result.first_seq <= fault <= result.last_seq:
             # Test hook for the crash matrix: die as abruptly as a killed process.
@@ -661,7 +665,7 @@ class Executor:
         elif state.quarantine is not None:
             message = state.quarantine.reason
         return RunOutcome(run_id=self.config.run_id, status=status or state.status, seq=state.seq,
-                          message=message)
+                          message=message, extra={"ready_s": self._ready_s})
 
 
 @ray.remote(num_cpus=0)

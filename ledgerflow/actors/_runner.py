@@ -38,6 +38,7 @@ from ledgerflow.actors._lease import Lease, describe_holder, lease_is_free, leas
 from ledgerflow.actors._loader import canonical_locator, load_pipeline, locator_of
 from ledgerflow.actors._pipeline import Pipeline, changed_nodes
 from ledgerflow.actors._context import recorded_params
+from ledgerflow.actors._logging import configure_logging
 from ledgerflow.events import (
     ApprovalGranted,
     ApprovalRejected,
@@ -193,6 +194,7 @@ def start_run(
         PipelineImportError, PipelineDefinitionError, ParameterError: Bad pipeline or parameters.
         RunExistsError: ``run_id`` is already in the log.
     """
+    configure_logging()
     settings = settings or Settings.resolve()
     if isinstance(pipeline, Pipeline):
         locator = locator_of(pipeline)
@@ -256,6 +258,7 @@ def resume_run(
         CodeChangedError: The code changed and ``allow_changed_code`` is false.
         LeaseHeldError: Another executor holds the run.
     """
+    configure_logging()
     settings = settings or Settings.resolve()
     state = asyncio.run(_load(settings, run_id))
     if state.terminal:
@@ -300,7 +303,8 @@ def _execute(settings: Settings, config: ExecutorConfig, *, on_progress: Progres
         outcome = asyncio.run(_follow(actor, settings, config.run_id, on_progress, handle_sigint))
     finally:
         ray.kill(actor, no_restart=True)
-    return RunResult(outcome.run_id, outcome.status, outcome.seq, outcome.message or _status_message(outcome))
+    return RunResult(outcome.run_id, outcome.status, outcome.seq, outcome.message or _status_message(outcome),
+                     extra=dict(outcome.extra))
 
 
 async def _follow(actor: Any, settings: Settings, run_id: str, on_progress: ProgressCallback | None,
@@ -409,6 +413,7 @@ def decide(run_id: str, *, reviewer: str, approve: bool, comment: str = "",
     Raises:
         DecisionRefusedError: Not at a gate, already decided, reviewer not allowed, or four-eyes.
     """
+    configure_logging()
     return asyncio.run(_decide(settings or Settings.resolve(), run_id, reviewer, approve, comment))
 
 
@@ -476,6 +481,7 @@ def cancel_run(run_id: str, *, requested_by: str | None = None, reason: str = ""
     Raises:
         DecisionRefusedError: The run already ended.
     """
+    configure_logging()
     return asyncio.run(_cancel(settings or Settings.resolve(), run_id, requested_by or default_submitter(),
                                reason, wait_s))
 
