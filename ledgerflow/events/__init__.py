@@ -34,7 +34,7 @@ from ledgerflow.events._errors import (
     UsageError,
 )
 from ledgerflow.events._model import Event, event_class, registered_types, upcaster
-from ledgerflow.events._replay import load_run_state, open_store
+from ledgerflow.events._replay import load_run_state, open_store, resolve_home, resolve_store_url
 from ledgerflow.events._run_events import *  # noqa: F403
 from ledgerflow.events._run_events import TERMINAL_EVENTS, Manifest, NodeSpec, RouteSpec
 from ledgerflow.events._sqlite import SqliteEventStore
@@ -46,6 +46,7 @@ from ledgerflow.events._state import (
     RunState,
     apply,
     fold,
+    snapshot,
 )
 from ledgerflow.events._store import (
     AppendResult,

@@ -6,8 +6,11 @@ this fold, so they agree on what a stream means.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from pydantic import BaseModel
 
 from ledgerflow.events._model import Event
 from ledgerflow.events._run_events import (
@@ -120,6 +123,19 @@ class RunState:
 
     def node(self, name: str) -> NodeState:
         return self.nodes[name]
+
+
+def snapshot(state: RunState) -> dict[str, Any]:
+    """Return the state as JSON-compatible data, for comparing states and printing them."""
+    return json.loads(json.dumps(asdict(state), default=_json_default, sort_keys=True))
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, (set, frozenset)):
+        return sorted(value)
+    return str(value)
 
 
 def fold(events: list[tuple[int, str, Event]] | Any, state: RunState | None = None) -> RunState:

@@ -1,3 +1,27 @@
-"""Read models folded from the log. Not built yet: the CLI and notebooks fold streams directly."""
+"""Read models folded from the log: run tables, the audit trail, exports and notebook views.
 
-__all__: list[str] = []
+This package imports ``ledgerflow.events`` only, never the runtime.
+"""
+
+from ledgerflow.projections._audit import EXPORT_FORMAT, audit_run, export_run
+from ledgerflow.projections._history import (
+    History,
+    caught_up_projector,
+    history,
+    projections_path,
+    run_sync,
+)
+from ledgerflow.projections._projector import TABLES, Projector
+
+__all__ = [
+    "EXPORT_FORMAT",
+    "TABLES",
+    "History",
+    "Projector",
+    "audit_run",
+    "caught_up_projector",
+    "export_run",
+    "history",
+    "projections_path",
+    "run_sync",
+]
