@@ -32,6 +32,7 @@ from ledgerflow.actors import (  # noqa: E402
     resume_run,
     start_run,
 )
+from ledgerflow.projections import History, history  # noqa: E402
 from ledgerflow.events import (  # noqa: E402
     LedgerflowError,
     RunState,
@@ -48,6 +49,7 @@ __all__ = [
     "ConfigurationError",
     "Context",
     "DecisionRefusedError",
+    "History",
     "LeaseHeldError",
     "LedgerflowError",
     "Middleware",
@@ -70,6 +72,7 @@ __all__ = [
     "cancel",
     "cancel_run",
     "decide",
+    "history",
     "load_state",
     "resume",
     "resume_run",

@@ -221,9 +221,50 @@ def print_verify(path: str, chain: str, streams: list[dict[str, Any]]) -> None:
         _console.print("no runs in the log")
     for stream in streams:
         if stream["status"] == "ok":
+            # soft_wrap keeps each head hash on one line for scripts, whatever the terminal width.
             _console.print(f"ok        {stream['run_id']}  {stream['events']} events  head {stream['head_hash']}",
-                           markup=False, highlight=False)
+                           markup=False, highlight=False, soft_wrap=True)
         else:
             _console.print(f"TAMPERED  {stream['run_id']}  first bad seq {stream['first_bad_seq']} "
-                           f"({stream['reason']})", markup=False, highlight=False)
+                           f"({stream['reason']})", markup=False, highlight=False, soft_wrap=True)
     sys.stdout.flush()
+
+
+def print_audit(account: dict[str, Any]) -> None:
+    """Print a reviewer's account of a run, oldest fact first."""
+    _console.rule(f"audit of run {account['run_id']} ({account['pipeline']}): {account['status']}")
+    _console.print(f"submitted by {account['submitter']}; started {account['started_at']}; ended "
+                   f"{account['ended_at'] or '-'}; code fingerprint {account['fingerprint']}", markup=False)
+    _console.print(f"parameters: {json.dumps(account['params'], default=str)}", markup=False, soft_wrap=True)
+    for decision in account["decisions"]:
+        _console.print(f"gate {decision['gate']}: requested at {decision['requested_at']} (seq "
+                       f"{decision['request_seq']}); {decision['decision'] or 'undecided'}"
+                       + (f" by {decision['reviewer']} at {decision['decided_at']}: {decision['comment'] or ''}"
+                          if decision["decision"] else ""), markup=False)
+        for node, entry in (decision["summary"] or {}).get("inputs", {}).items():
+            validation = entry.get("validation") or {}
+            _console.print(f"  {node}: {entry.get('rows', 0):,} rows; rejected {validation.get('rejected', 0):,} "
+                           f"{json.dumps(validation.get('rejected_by_reason', {}))}", markup=False)
+        _console.print(f"  bound checkpoints: {len(decision['checkpoints'] or {})}", markup=False)
+    for attempt in account["attempts_failed"]:
+        partition = f"[{attempt['partition']}]" if attempt["partition"] else ""
+        _console.print(f"seq {attempt['seq']}: {attempt['node']}{partition} attempt {attempt['attempt']} "
+                       f"{attempt['outcome']}{' (timed out)' if attempt['timed_out'] else ''}: "
+                       f"{attempt['error_type']}: {attempt['message']}", markup=False, soft_wrap=True)
+    for route in account["routes"]:
+        _console.print(f"seq {route['seq']}: route {route['route']} after {route['source']}: {route['reason']}; "
+                       f"skipped {route['skipped']}", markup=False, soft_wrap=True)
+    for finding in account["findings"]:
+        _console.print(f"seq {finding['seq']}: {finding['kind']}: {finding['detail']}", markup=False, soft_wrap=True)
+    if account["quarantine"]:
+        total = sum(row["rows"] for row in account["quarantine"])
+        _console.print(f"quarantined rows: {total:,}", markup=False)
+    if account.get("error"):
+        _console.print(f"error: {account['error']}", markup=False, soft_wrap=True)
+    check = account["verification"]
+    if check["ok"]:
+        _console.print(f"chain ({check['chain']}): ok, {check['events']} events, head seq {check['head_seq']}, "
+                       f"head hash {check['head_hash']}", markup=False, soft_wrap=True)
+    else:
+        _console.print(f"chain ({check['chain']}): TAMPERED from seq {check['first_bad_seq']} ({check['reason']})",
+                       markup=False, soft_wrap=True)

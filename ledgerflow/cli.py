@@ -35,8 +35,10 @@ from ledgerflow.actors import (
 from ledgerflow.actors._loader import canonical_locator
 from ledgerflow.actors._logging import configure_logging
 from ledgerflow.actors._runner import new_run_id
+from ledgerflow.projections import audit_run, caught_up_projector, export_run
 from ledgerflow.events import (
     LedgerflowError,
+    RunNotFoundError,
     RunState,
     TamperedLogError,
     UsageError,
@@ -104,6 +106,11 @@ def _fail(err: BaseException, debug: bool, as_json: bool, code: int, *, unexpect
         for attribute in ("run_id", "status", "seq", "stream_id"):
             if getattr(err, attribute, None) is not None:
                 payload[attribute] = getattr(err, attribute)
+        # A stream is a run: errors from the log name the stream, and --json promises run_id.
+        if "run_id" not in payload and "stream_id" in payload:
+            payload["run_id"] = payload["stream_id"]
+        if isinstance(err, TamperedLogError):
+            payload["status"] = "tampered"
         click.echo(json.dumps(payload))
     click.echo(f"error: {message}" + ("" if debug or not unexpected else " (rerun with --debug for the traceback)"),
                err=True)
@@ -259,18 +266,22 @@ def _load(options: Options, run_id: str, until_seq: int | None = None) -> RunSta
 @main.command()
 @common_options
 def runs(options: Options) -> int:
-    """List runs, newest first."""
+    """List runs, newest first (from the read models, caught up with the log first)."""
 
     async def collect() -> list[dict[str, Any]]:
         store = await open_store(options.settings.store_url)
         try:
-            rows = []
-            for head in await store.list_streams():
-                state = await load_run_state(store, head.stream_id)
-                rows.append(render.run_row(state, status_of(state, store.path)))
-            return sorted(rows, key=lambda row: row["started_at"] or "", reverse=True)
+            projector = await caught_up_projector(store)
+            rows = [dict(row) for row in projector.query(
+                "SELECT run_id, pipeline, status, submitter, started_at, ended_at, events, interrupted "
+                "FROM runs ORDER BY started_at DESC")]
         finally:
             await store.close()
+        for row in rows:
+            row.pop("interrupted")
+            if row["status"] == "running" and lease_is_free(store.path, row["run_id"]):
+                row["status"] = "interrupted"
+        return rows
 
     rows = asyncio.run(collect())
     if options.as_json:
@@ -393,7 +404,7 @@ def verify(options: Options, run_id: str | None) -> int:
         for item in report.streams
     ]
     if run_id is not None and not report.streams[0].events and report.streams[0].head_seq is None:
-        raise UsageError(f"run {run_id!r} not found in {report.path}: list runs with 'ledgerflow runs'")
+        raise RunNotFoundError(run_id, report.path)
     if options.as_json:
         payload: dict[str, Any] = {"ok": report.ok, "chain": report.chain, "log": report.path, "streams": streams,
                                    "status": "ok" if report.ok else "tampered"}
@@ -407,6 +418,56 @@ def verify(options: Options, run_id: str | None) -> int:
         if not options.as_json:
             click.echo(f"error: {bad.detail}", err=True)
         return TamperedLogError.exit_code
+    return 0
+
+
+@main.command()
+@click.argument("run_id", metavar="RUN")
+@common_options
+def audit(options: Options, run_id: str) -> int:
+    """Print a reviewer's account of RUN: decisions, failures, retries, routes, findings, chain check."""
+
+    async def collect() -> dict[str, Any]:
+        store = await open_store(options.settings.store_url, create=False)
+        try:
+            return await audit_run(store, run_id)
+        finally:
+            await store.close()
+
+    account = asyncio.run(collect())
+    if options.as_json:
+        click.echo(json.dumps(account, default=str))
+    else:
+        render.print_audit(account)
+    if not account["verification"]["ok"]:
+        if not options.as_json:
+            click.echo(f"error: the chain of run {run_id} does not verify from seq "
+                       f"{account['verification']['first_bad_seq']} ({account['verification']['reason']})", err=True)
+        return TamperedLogError.exit_code
+    return 0
+
+
+@main.command()
+@click.argument("run_id", metavar="RUN")
+@click.argument("file", type=click.Path(dir_okay=False, writable=True))
+@common_options
+def export(options: Options, run_id: str, file: str) -> int:
+    """Write RUN's verified stream to FILE as JSON lines an auditor can check without ledgerflow."""
+
+    async def write() -> dict[str, Any]:
+        store = await open_store(options.settings.store_url, create=False)
+        try:
+            state = await load_run_state(store, run_id)
+            return {**await export_run(store, run_id, file), "status": state.status}
+        finally:
+            await store.close()
+
+    header = asyncio.run(write())
+    if options.as_json:
+        click.echo(json.dumps({"run_id": run_id, "file": os.path.abspath(file), **header}))
+    else:
+        click.echo(f"exported {header['events']} events of run {run_id} to {file}; "
+                   f"head seq {header['head_seq']}, head hash {header['head_hash']}")
     return 0
 
 

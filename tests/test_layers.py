@@ -50,11 +50,11 @@ def test_events_import_does_not_load_ray():
 
 def test_public_api_exports():
     assert sorted(ledgerflow.__all__) == [
-        "CodeChangedError", "ConfigurationError", "Context", "DecisionRefusedError", "LeaseHeldError",
+        "CodeChangedError", "ConfigurationError", "Context", "DecisionRefusedError", "History", "LeaseHeldError",
         "LedgerflowError", "Middleware", "ParameterError", "Pipeline", "PipelineDefinitionError",
         "PipelineImportError", "Retry", "RouteInput", "RunExistsError", "RunResult", "RunState", "Secret",
         "Settings", "SqliteTable", "TamperedLogError", "UsageError", "Validation", "__version__", "cancel",
-        "cancel_run", "decide", "load_state", "resume", "resume_run", "run", "start_run",
+        "cancel_run", "decide", "history", "load_state", "resume", "resume_run", "run", "start_run",
     ]
     for name in ledgerflow.__all__:
         assert hasattr(ledgerflow, name), name
