@@ -11,10 +11,11 @@ from ledgerflow.projections._history import (
     projections_path,
     run_sync,
 )
-from ledgerflow.projections._projector import TABLES, Projector
+from ledgerflow.projections._projector import LINEAGE_QUERY, TABLES, Projector
 
 __all__ = [
     "EXPORT_FORMAT",
+    "LINEAGE_QUERY",
     "TABLES",
     "History",
     "Projector",

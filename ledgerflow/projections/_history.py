@@ -17,7 +17,7 @@ from ledgerflow.events import (
     resolve_home,
     resolve_store_url,
 )
-from ledgerflow.projections._projector import Projector
+from ledgerflow.projections._projector import LINEAGE_QUERY, Projector
 
 T = TypeVar("T")
 
@@ -137,9 +137,8 @@ class History:
                            "FROM approvals WHERE run_id = ? ORDER BY request_seq")
 
     def lineage(self) -> Any:
-        """Return a DataFrame linking each output checkpoint to its inputs and code fingerprint."""
-        return self._table("SELECT node, partition, seq, output_uri, output_sha256, inputs, fingerprint "
-                           "FROM lineage WHERE run_id = ? ORDER BY seq")
+        """Return a DataFrame linking each output checkpoint to its inputs (one row per input) and code."""
+        return self._table(LINEAGE_QUERY)
 
     def timeline(self) -> Any:
         """Plot node and partition durations as horizontal bars; needs matplotlib.

@@ -75,12 +75,14 @@ CREATE TABLE IF NOT EXISTS attempts (
 CREATE TABLE IF NOT EXISTS checkpoints (
     run_id TEXT NOT NULL, node TEXT NOT NULL, partition TEXT NOT NULL, port TEXT NOT NULL,
     uri TEXT NOT NULL, sha256 TEXT NOT NULL, rows INTEGER NOT NULL, bytes INTEGER,
-    seq INTEGER NOT NULL, valid INTEGER NOT NULL DEFAULT 1, invalid_reason TEXT, removed INTEGER NOT NULL DEFAULT 0,
+    seq INTEGER NOT NULL, valid INTEGER NOT NULL DEFAULT 1, invalid_reason TEXT, invalid_seq INTEGER,
+    removed INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (run_id, uri)
 );
+CREATE INDEX IF NOT EXISTS checkpoints_by_partition ON checkpoints (run_id, node, partition, port);
 CREATE TABLE IF NOT EXISTS lineage (
     run_id TEXT NOT NULL, node TEXT NOT NULL, partition TEXT NOT NULL, seq INTEGER NOT NULL,
-    output_uri TEXT, output_sha256 TEXT, inputs TEXT NOT NULL, fingerprint TEXT, run_fingerprint TEXT,
+    output_uri TEXT, output_sha256 TEXT, fingerprint TEXT, run_fingerprint TEXT,
     PRIMARY KEY (run_id, seq)
 );
 CREATE TABLE IF NOT EXISTS approvals (
@@ -107,6 +109,26 @@ CREATE TABLE IF NOT EXISTS shared_state (
     run_id TEXT NOT NULL, key TEXT NOT NULL, value TEXT, seq INTEGER NOT NULL, node TEXT,
     PRIMARY KEY (run_id, key)
 );
+"""
+
+#: Lineage with each output's inputs: the checkpoints of its source nodes
+#: (the same partition when the source has it, else all partitions) that
+#: were recorded before the output and not invalidated by then.
+LINEAGE_QUERY = """
+SELECT lineage.node, lineage.partition, lineage.seq, lineage.output_uri, lineage.output_sha256,
+       lineage.fingerprint, source.node AS input_node, source.partition AS input_partition,
+       source.uri AS input_uri, source.sha256 AS input_sha256
+FROM lineage
+JOIN nodes ON nodes.run_id = lineage.run_id AND nodes.node = lineage.node
+JOIN json_each(nodes.inputs) AS edge
+JOIN checkpoints AS source ON source.run_id = lineage.run_id
+    AND source.node = json_extract(edge.value, '$[0]') AND source.port = json_extract(edge.value, '$[1]')
+    AND source.seq < lineage.seq AND (source.invalid_seq IS NULL OR source.invalid_seq > lineage.seq)
+    AND (source.partition = lineage.partition OR NOT EXISTS (
+        SELECT 1 FROM checkpoints AS same WHERE same.run_id = lineage.run_id AND same.node = source.node
+        AND same.partition = lineage.partition))
+WHERE lineage.run_id = ?
+ORDER BY lineage.seq, input_node, input_partition
 """
 
 #: The read-model tables, in the order a rebuild compares them.
@@ -179,15 +201,18 @@ class Projector:
         try:
             position = _position(conn)
             applied = 0
+            heads: dict[str, int] = {}
             for recorded in batch:
                 if recorded.global_position <= position:
                     continue
                 event = recorded.decode(log_path)
                 handler = _HANDLERS.get(type(event))
-                conn.execute("UPDATE runs SET events = ? WHERE run_id = ?", (recorded.seq, recorded.stream_id))
                 if handler is not None:
                     handler(conn, recorded, event)
+                heads[recorded.stream_id] = recorded.seq
                 applied += 1
+            conn.executemany("UPDATE runs SET events = ? WHERE run_id = ?",
+                             [(seq, run_id) for run_id, seq in heads.items()])
             if applied:
                 conn.execute("INSERT OR REPLACE INTO projection_meta (key, value) VALUES ('position', ?)",
                              (str(batch[-1].global_position),))
@@ -293,56 +318,42 @@ def _partition_completed(conn: sqlite3.Connection, recorded: RecordedEvent, even
     run_id = recorded.stream_id
     manifest = event.manifest
     rows_out = manifest.rows if manifest else event.report.get("loaded_rows")
-    conn.execute(
+    key = (run_id, event.node, event.partition)
+    values = (event.attempt, event.report.get("rows_in"), rows_out, event.duration_s, recorded.recorded_at)
+    newly = conn.execute(
         "UPDATE partitions SET status = 'completed', attempts = MAX(attempts, ?), rows_in = ?, rows_out = ?, "
-        "duration_s = ?, completed_at = ? WHERE run_id = ? AND node = ? AND partition = ?",
-        (event.attempt, event.report.get("rows_in"), rows_out, event.duration_s, recorded.recorded_at, run_id,
-         event.node, event.partition),
-    )
-    conn.execute(
-        "UPDATE nodes SET partitions_done = (SELECT COUNT(*) FROM partitions WHERE run_id = ? AND node = ? "
-        "AND status = 'completed') WHERE run_id = ? AND node = ?", (run_id, event.node, run_id, event.node))
-    conn.execute(
-        "INSERT OR REPLACE INTO attempts (run_id, seq, node, partition, attempt, outcome, duration_s, recorded_at) "
-        "VALUES (?, ?, ?, ?, ?, 'completed', ?, ?)",
-        (run_id, recorded.seq, event.node, event.partition, event.attempt, event.duration_s, recorded.recorded_at),
-    )
-    ports = {"output": manifest} if manifest else {}
-    ports.update(event.extra)
-    for port, item in ports.items():
+        "duration_s = ?, completed_at = ? WHERE run_id = ? AND node = ? AND partition = ? AND status != 'completed'",
+        (*values, *key),
+    ).rowcount
+    if newly:
+        conn.execute("UPDATE nodes SET partitions_done = partitions_done + 1 WHERE run_id = ? AND node = ?",
+                     (run_id, event.node))
+    else:
         conn.execute(
+            "UPDATE partitions SET attempts = MAX(attempts, ?), rows_in = ?, rows_out = ?, duration_s = ?, "
+            "completed_at = ? WHERE run_id = ? AND node = ? AND partition = ?", (*values, *key))
+    ports = [("output", manifest)] if manifest else []
+    ports.extend(event.extra.items())
+    if ports:
+        conn.executemany(
             "INSERT OR REPLACE INTO checkpoints (run_id, node, partition, port, uri, sha256, rows, bytes, seq) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (run_id, event.node, event.partition, port, item.uri, item.sha256, item.rows, item.bytes, recorded.seq),
+            [(*key, port, item.uri, item.sha256, item.rows, item.bytes, recorded.seq) for port, item in ports],
         )
-    reasons = event.report.get("rejected_by_reason") or {}
-    for reason, count in reasons.items():
-        conn.execute("INSERT OR REPLACE INTO quarantine (run_id, node, partition, reason, rows) VALUES (?, ?, ?, ?, ?)",
-                     (run_id, event.node, event.partition, str(reason), int(count)))
-    _record_lineage(conn, recorded, event)
-
-
-def _record_lineage(conn: sqlite3.Connection, recorded: RecordedEvent, event: PartitionCompleted) -> None:
-    """Link an output to the valid checkpoints of its inputs at the time it completed."""
-    run_id = recorded.stream_id
-    row = conn.execute("SELECT fingerprint, inputs FROM nodes WHERE run_id = ? AND node = ?",
-                       (run_id, event.node)).fetchone()
-    run_row = conn.execute("SELECT fingerprint FROM runs WHERE run_id = ?", (run_id,)).fetchone()
-    inputs: list[dict[str, Any]] = []
-    for source, port in json.loads(row[1]) if row else []:
-        found = conn.execute(
-            "SELECT partition, uri, sha256 FROM checkpoints WHERE run_id = ? AND node = ? AND port = ? AND valid = 1 "
-            "AND (partition = ? OR NOT EXISTS (SELECT 1 FROM checkpoints WHERE run_id = ? AND node = ? "
-            "AND partition = ? AND valid = 1)) ORDER BY partition",
-            (run_id, source, port, event.partition, run_id, source, event.partition),
-        ).fetchall()
-        inputs.extend({"node": source, "partition": key, "uri": uri, "sha256": sha} for key, uri, sha in found)
+    reasons = event.report.get("rejected_by_reason")
+    if reasons:
+        conn.executemany(
+            "INSERT OR REPLACE INTO quarantine (run_id, node, partition, reason, rows) VALUES (?, ?, ?, ?, ?)",
+            [(*key, str(reason), int(count)) for reason, count in reasons.items()],
+        )
+    # Inputs are resolved when lineage is read (see LINEAGE_QUERY): they are
+    # the source checkpoints that were valid when this event was recorded.
     conn.execute(
-        "INSERT OR REPLACE INTO lineage (run_id, node, partition, seq, output_uri, output_sha256, inputs, fingerprint, "
-        "run_fingerprint) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (run_id, event.node, event.partition, recorded.seq, event.manifest.uri if event.manifest else None,
-         event.manifest.sha256 if event.manifest else None, _json(inputs), row[0] if row else None,
-         run_row[0] if run_row else None),
+        "INSERT OR REPLACE INTO lineage (run_id, node, partition, seq, output_uri, output_sha256, fingerprint, "
+        "run_fingerprint) SELECT ?, ?, ?, ?, ?, ?, nodes.fingerprint, runs.fingerprint FROM nodes JOIN runs "
+        "USING (run_id) WHERE nodes.run_id = ? AND nodes.node = ?",
+        (*key, recorded.seq, manifest.uri if manifest else None, manifest.sha256 if manifest else None,
+         run_id, event.node),
     )
 
 
@@ -370,8 +381,9 @@ def _node_completed(conn: sqlite3.Connection, recorded: RecordedEvent, event: No
 
 def _checkpoint_invalidated(conn: sqlite3.Connection, recorded: RecordedEvent, event: CheckpointInvalidated) -> None:
     run_id = recorded.stream_id
-    conn.execute("UPDATE checkpoints SET valid = 0, invalid_reason = ? WHERE run_id = ? AND node = ? AND partition = ?",
-                 (event.reason, run_id, event.node, event.partition))
+    conn.execute("UPDATE checkpoints SET valid = 0, invalid_reason = ?, invalid_seq = ? "
+                 "WHERE run_id = ? AND node = ? AND partition = ? AND valid = 1",
+                 (event.reason, recorded.seq, run_id, event.node, event.partition))
     conn.execute("UPDATE partitions SET status = 'pending' WHERE run_id = ? AND node = ? AND partition = ?",
                  (run_id, event.node, event.partition))
     conn.execute("UPDATE nodes SET status = CASE WHEN status = 'completed' THEN 'running' ELSE status END, "

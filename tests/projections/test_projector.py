@@ -10,7 +10,7 @@ import pytest
 
 import ledgerflow as lf
 from ledgerflow.events import open_store, snapshot
-from ledgerflow.projections import Projector, audit_run, caught_up_projector, history, projections_path
+from ledgerflow.projections import LINEAGE_QUERY, Projector, audit_run, caught_up_projector, history, projections_path
 
 PIPELINE = str(pathlib.Path(__file__).parent / "pipelines" / "audited.py")
 
@@ -64,9 +64,9 @@ def test_projector_tables_record_run_facts(approved_run):
     assert (approval["decision"], approval["reviewer"], approval["comment"]) == ("approved", "alice", "looks right")
     quarantined = projector.query("SELECT SUM(rows) AS rows FROM quarantine WHERE run_id = ?", ("audited-1",))[0]
     assert quarantined["rows"] == 9
-    lineage = projector.query("SELECT inputs FROM lineage WHERE run_id = ? AND node = 'checked' AND partition = '2'",
-                              ("audited-1",))[0]
-    assert [entry["partition"] for entry in json.loads(lineage["inputs"])] == ["2"]
+    lineage = [row for row in projector.query(LINEAGE_QUERY, ("audited-1",))
+               if row["node"] == "checked" and row["partition"] == "2"]
+    assert [(row["input_node"], row["input_partition"]) for row in lineage] == [("numbers", "2")]
 
 
 def test_audit_lists_decision_retry_and_route(approved_run):
