@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import os
 import socket
 import time
@@ -57,15 +58,17 @@ from ledgerflow.events import (
     apply,
     format_recorded_at,
     load_run_state,
-    parse_recorded_at,
     open_store,
+    parse_recorded_at,
+    snapshot,
 )
-
 
 logger = structlog.get_logger("ledgerflow.executor")
 
 #: Seconds between checks for events other processes appended (cancellations).
 POLL_INTERVAL_S = 0.25
+#: The shortest wait for finished attempts, in seconds.
+MIN_WAIT_S = 0.005
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,8 @@ class ExecutorConfig:
     max_in_flight: int | None = None
     backoff_scale: float = 1.0
     fault_exit_after_seq: int | None = None
+    #: Test hook: append each state the executor holds, one JSON line per event, to this file.
+    capture_states: str | None = None
     log_level: str = "info"
     sample_rows: int = 20
 
@@ -172,17 +177,22 @@ class Executor:
             host=socket.gethostname(), pid=os.getpid(), executor_id=str(uuid.uuid4()),
             ray_node_id=_ray_node_id(),
         )
-        if config.start is not None:
+        # Ray restarts a crashed executor with the config it started with, so a
+        # restarted executor of a new run finds its own RunStarted and resumes.
+        restarted = config.start is not None and await self._recorded_start() == config.start
+        resuming = config.start is None or restarted
+        if not resuming:
             await self._start_new(attached)
         else:
             self.state = await load_run_state(self.store, config.run_id)
             if self.state.terminal or self.state.status == "waiting_for_approval":
                 return self._outcome()
             self.pipeline = load_pipeline(config.locator or self.state.locator)
-            events: list[Event] = [attached, RunResumed(reason=config.resume_reason, host=attached.host,
-                                                        pid=attached.pid)]
+            reason = "executor restarted by Ray" if restarted else config.resume_reason
+            events: list[Event] = [attached, RunResumed(reason=reason, host=attached.host, pid=attached.pid)]
             events.extend(self._code_change_events())
             await self._append(events)
+
         assert self.pipeline is not None
         self._order = self.pipeline.check()
         params = self.pipeline.params_model.model_validate(self.state.params)
@@ -191,10 +201,17 @@ class Executor:
             for name, values in self.pipeline.resolve_partitions(params).items()
         }
         self._pipeline_ref = ray.put(self.pipeline)
-        if config.start is None:
+        if resuming:
             self._gates_to_check = {name for name in self.state.gates if self.state.nodes[name].status == "completed"}
             await self._invalidate_bad_checkpoints()
         return await self._loop()
+
+    async def _recorded_start(self) -> Event | None:
+        """Return the run's recorded RunStarted, or None for a run not started yet."""
+        assert self.store is not None
+        async for recorded in self.store.read_stream(self.config.run_id, to_seq=1, verify=False):
+            return recorded.decode(self.store.path)
+        return None
 
     async def _start_new(self, attached: ExecutorAttached) -> None:
         assert self.store is not None and self.config.start is not None
@@ -244,6 +261,7 @@ class Executor:
                 await self._catch_up()
         for offset, item in enumerate(batch):
             apply(self.state, item.event, seq=result.first_seq + offset, recorded_at=stamp)
+            self._capture()
         if self._ready_s is None:
             self._ready_s = time.perf_counter() - self._created
         fault = self.config.fault_exit_after_seq
@@ -258,6 +276,12 @@ class Executor:
                                                      verify=False):
             apply(self.state, recorded.decode(self.store.path), seq=recorded.seq,
                   recorded_at=recorded.recorded_at)
+            self._capture()
+
+    def _capture(self) -> None:
+        if self.config.capture_states is not None:
+            with open(self.config.capture_states, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps({"seq": self.state.seq, "state": snapshot(self.state)}) + "\n")
 
     async def _poll_foreign(self) -> None:
         assert self.store is not None
@@ -293,9 +317,14 @@ class Executor:
 
     async def _next_outcomes(self) -> list[Outcome]:
         """Wait for finished attempts (all that are ready, for one group commit) or a poll tick."""
+        assert self.pipeline is not None
         timeout = POLL_INTERVAL_S
-        if self._retry_at:
-            timeout = max(0.0, min(timeout, min(self._retry_at.values()) - time.monotonic()))
+        limit = self.config.max_in_flight or self.pipeline.max_in_flight
+        # A due retry waits for a free slot, so its time matters only while a slot is free.
+        # The floor keeps the timeout positive because on Python 3.11 wait_for with a zero
+        # timeout cancels get() before it runs, and finished attempts are never received.
+        if self._retry_at and (limit is None or len(self._flights) < limit):
+            timeout = max(MIN_WAIT_S, min(timeout, min(self._retry_at.values()) - time.monotonic()))
         try:
             first = await asyncio.wait_for(self._results.get(), timeout=timeout)
         except asyncio.TimeoutError:
@@ -316,7 +345,9 @@ class Executor:
                 node_state = self.state.nodes[name]
                 kind = self.pipeline.nodes[name].kind
                 if node_state.status in ("completed", "skipped", "rejected"):
-                    if name in self._gates_to_check:
+                    # A gate input that is being recomputed has no checkpoint yet, so
+                    # the binding is checked only once every input is complete again.
+                    if name in self._gates_to_check and self._dependencies_done(name):
                         self._gates_to_check.discard(name)
                         reopened = await self._check_gate_binding(name)
                         if reopened is not None:
@@ -408,6 +439,9 @@ class Executor:
         for name in self._order:
             node_state = self.state.nodes[name]
             if node_state.status != "running" or self.pipeline.nodes[name].kind == "approval":
+                continue
+            # An input whose checkpoint was invalidated is being recomputed and has no manifest yet.
+            if not self._dependencies_done(name):
                 continue
             for key, part in node_state.partitions.items():
                 if part.status == "completed" or (name, key) in self._flights:

@@ -9,7 +9,7 @@ import os
 import sys
 from types import ModuleType
 
-from ledgerflow.actors._errors import PipelineImportError
+from ledgerflow.actors._errors import PipelineDefinitionError, PipelineImportError
 from ledgerflow.actors._pipeline import Pipeline
 
 DEFAULT_ATTRIBUTE = "pipeline"
@@ -36,6 +36,10 @@ def _import_file(path: str, locator: str) -> ModuleType:
     sys.modules[name] = module
     try:
         spec.loader.exec_module(module)
+    except PipelineDefinitionError:
+        # A decorator found the error (a duplicate node name) and already names the node.
+        sys.modules.pop(name, None)
+        raise
     except Exception as err:
         sys.modules.pop(name, None)
         raise PipelineImportError(

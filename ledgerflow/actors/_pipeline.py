@@ -29,6 +29,7 @@ from typing import Any
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from ledgerflow.actors._context import Secret
 from ledgerflow.actors._errors import ParameterError, PipelineDefinitionError
 from ledgerflow.events import NodeSpec, RouteSpec
 
@@ -444,7 +445,16 @@ class Pipeline:
         except ValidationError as err:
             first = err.errors()[0]
             location = ".".join(str(part) for part in first["loc"]) or "parameters"
-            given = raw.get(str(first["loc"][0])) if first["loc"] else None
+            name = str(first["loc"][0]) if first["loc"] else ""
+            if first["type"] == "missing":
+                raise ParameterError(f"missing required parameter {location!r} for pipeline {self.name!r}",
+                                     parameter=location) from err
+            if name in fields and _is_secret(fields[name].annotation):
+                # The given text may be the secret itself, so neither the message
+                # nor the chained pydantic error (which quotes the input) may show it.
+                raise ParameterError(f"invalid secret parameter {location}: {first['msg']}",
+                                     parameter=location) from None
+            given = raw.get(name) if first["loc"] else None
             raise ParameterError(
                 f"invalid parameter {location}={given!r}: {first['msg']}", parameter=location
             ) from err
@@ -546,6 +556,11 @@ def _names(value: str | Sequence[str] | None) -> tuple[str, ...]:
     if isinstance(value, str):
         return (value,)
     return tuple(value)
+
+
+def _is_secret(annotation: Any) -> bool:
+    """Return True when a parameter's annotation is ``Secret`` or a union containing it."""
+    return annotation is Secret or Secret in typing.get_args(annotation)
 
 
 def _coerce_text(value: Any, annotation: Any) -> Any:

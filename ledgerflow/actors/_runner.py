@@ -53,6 +53,8 @@ from ledgerflow.events import (
     apply,
     load_run_state,
     open_store,
+    resolve_home,
+    resolve_store_url,
     validate_stream_id,
 )
 
@@ -82,10 +84,8 @@ class Settings:
     def resolve(cls, *, home: str | None = None, store: str | None = None, checkpoints: str | None = None,
                 address: str | None = None) -> Settings:
         """Apply the defaults: ``--home``, else ``$LEDGERFLOW_HOME``, else ``./.ledgerflow``."""
-        home_dir = os.path.abspath(home or os.environ.get("LEDGERFLOW_HOME") or ".ledgerflow")
-        store_url = store or os.environ.get("LEDGERFLOW_STORE") or os.path.join(home_dir, "ledgerflow.db")
-        if "://" not in store_url:
-            store_url = os.path.abspath(store_url)
+        home_dir = resolve_home(home)
+        store_url = resolve_store_url(home_dir, store)
         explicit = checkpoints is not None
         return cls(
             home=home_dir, store_url=store_url,
@@ -186,6 +186,7 @@ def start_run(
     max_in_flight: int | None = None,
     max_restarts: int = 1,
     fault_exit_after_seq: int | None = None,
+    capture_states: str | None = None,
     handle_sigint: bool = False,
 ) -> RunResult:
     """Start a run and follow it until it ends, waits at a gate or is interrupted.
@@ -218,6 +219,7 @@ def start_run(
         run_id=run_id, store_url=settings.store_url, checkpoint_root=settings.checkpoints,
         warehouse=settings.warehouse, start=start, max_in_flight=max_in_flight,
         backoff_scale=_backoff_scale(), fault_exit_after_seq=fault_exit_after_seq, log_level=_log_level(),
+        capture_states=capture_states,
     )
     logger.debug("starting run", run_id=run_id, locator=locator)
     return _execute(settings, config, on_progress=on_progress, max_restarts=max_restarts,
