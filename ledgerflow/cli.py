@@ -269,7 +269,9 @@ def runs(options: Options) -> int:
     """List runs, newest first (from the read models, caught up with the log first)."""
 
     async def collect() -> list[dict[str, Any]]:
-        store = await open_store(options.settings.store_url)
+        if not os.path.exists(options.settings.store_path):
+            return []
+        store = await open_store(options.settings.store_url, create=False)
         try:
             projector = await caught_up_projector(store)
             rows = [dict(row) for row in projector.query(
