@@ -12,6 +12,7 @@ from ledgerflow.actors._errors import (
     PipelineImportError,
     RunExistsError,
 )
+from ledgerflow.actors._files import BadRowError, CsvSource, ParquetSource, SourceError
 from ledgerflow.actors._executor import Executor, ExecutorConfig, RunActor, RunOutcome
 from ledgerflow.actors._lease import Lease, lease_is_free
 from ledgerflow.actors._loader import canonical_locator, load_pipeline, locator_of
@@ -42,10 +43,12 @@ from ledgerflow.actors._runner import (
 __all__ = [
     "EXIT_CODES",
     "Attempt",
+    "BadRowError",
     "CheckpointCorruptError",
     "CodeChangedError",
     "ConfigurationError",
     "Context",
+    "CsvSource",
     "DecisionRefusedError",
     "Executor",
     "ExecutorConfig",
@@ -56,6 +59,7 @@ __all__ = [
     "Middleware",
     "Node",
     "ParameterError",
+    "ParquetSource",
     "Pipeline",
     "PipelineDefinitionError",
     "PipelineImportError",
@@ -68,6 +72,7 @@ __all__ = [
     "RunResult",
     "Secret",
     "Settings",
+    "SourceError",
     "SqliteTable",
     "Validation",
     "canonical_locator",
