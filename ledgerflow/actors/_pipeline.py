@@ -487,7 +487,7 @@ class Pipeline:
             shape = {
                 "kind": node.kind, "inputs": node.inputs, "after": list(node.after),
                 "partitioned_like": node.partitioned_like, "quarantine": node.quarantine,
-                "max_rejected_share": node.max_rejected_share, "target": repr(node.target),
+                "max_rejected_share": node.max_rejected_share, "target": _target_shape(node.target),
                 "reviewers": node.reviewers, "four_eyes": node.four_eyes,
                 "source": _source_of(node.function),
             }
@@ -577,6 +577,15 @@ def _coerce_text(value: Any, annotation: Any) -> Any:
             return json.loads(text)
         return [item.strip() for item in text.split(",") if item.strip()]
     return value
+
+
+def _target_shape(target: SqliteTable | None) -> Any:
+    """Describe a load target by value: a function's repr holds its address, which changes every import."""
+    if target is None:
+        return None
+    database = target.database
+    return {"table": target.table, "key": target.key,
+            "database": _source_of(database) if callable(database) else database}
 
 
 def _source_of(function: Callable[..., Any] | None) -> str:
