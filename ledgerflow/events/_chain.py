@@ -15,6 +15,7 @@ recipe and a standalone verifier.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import hmac
 import json
@@ -30,15 +31,19 @@ KEY_ENV = "LEDGERFLOW_LOG_KEY"
 MIN_KEY_BYTES = 32
 
 STREAM_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-_UUID_PATTERN = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
-_TIMESTAMP_PATTERN = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z")
 
 
 def format_recorded_at(moment: dt.datetime) -> str:
-    """Format a time as the 27-character UTC string that is stored and hashed."""
+    """Format a time as the 27-character UTC string that is stored and hashed.
+
+    The result equals ``strftime("%Y-%m-%dT%H:%M:%S.%fZ")`` of the UTC time,
+    except that years below 1000 keep four digits, where glibc's ``%Y`` drops
+    the leading zeros.
+    """
     if moment.tzinfo is None:
         raise ValueError(f"recorded_at must be timezone-aware, got naive {moment!r}")
-    return moment.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # isoformat is faster than strftime. On a UTC time it ends in "+00:00", which the slice drops.
+    return moment.astimezone(dt.timezone.utc).isoformat(timespec="microseconds")[:26] + "Z"
 
 
 def parse_recorded_at(text: str) -> dt.datetime:
@@ -58,25 +63,23 @@ def envelope_bytes(
 ) -> bytes:
     """Return the canonical envelope bytes that a chain step hashes.
 
-    The values are constrained (a UUID, a hex digest, a fixed-format time,
-    integers, and ids and type names from small ASCII alphabets), so the
-    string below is byte for byte what ``json.dumps(..., sort_keys=True,
-    separators=(",", ":"))`` produces, without its cost; a test pins the
-    equality. Values outside those alphabets fall back to ``json.dumps``.
+    The result is byte for byte ``json.dumps(..., sort_keys=True,
+    separators=(",", ":"), ensure_ascii=True).encode()`` of the seven fields,
+    which a test pins. When every string is printable ASCII without a quote
+    or a backslash and both numbers are ints, JSON escapes nothing, so a
+    plain format string builds the same bytes at a fraction of the cost.
+    Other values (possible in a tampered log) go through ``json.dumps``.
     """
+    text = event_id + payload_sha256 + recorded_at + stream_id + event_type
     if (
-        STREAM_ID_PATTERN.fullmatch(stream_id)
-        and _UUID_PATTERN.fullmatch(event_id)
-        and _TIMESTAMP_PATTERN.fullmatch(recorded_at)
-        and '"' not in event_type
-        and "\\" not in event_type
-        and event_type.isascii()
+        text.isascii()
+        and text.isprintable()
+        and '"' not in text
+        and "\\" not in text
+        and type(seq) is int
+        and type(schema_version) is int
     ):
-        return (
-            f'{{"event_id":"{event_id}","payload_sha256":"{payload_sha256}",'
-            f'"recorded_at":"{recorded_at}","schema_version":{int(schema_version)},'
-            f'"seq":{int(seq)},"stream_id":"{stream_id}","type":"{event_type}"}}'
-        ).encode("ascii")
+        return format_envelope(event_id, payload_sha256, recorded_at, schema_version, seq, stream_id, event_type)
     return json.dumps(
         {
             "event_id": event_id,
@@ -93,11 +96,43 @@ def envelope_bytes(
     ).encode("utf-8")
 
 
+def format_envelope(
+    event_id: str,
+    payload_sha256: str,
+    recorded_at: str,
+    schema_version: int,
+    seq: int,
+    stream_id: str,
+    event_type: str,
+) -> bytes:
+    """Build the envelope bytes without checking that JSON would escape nothing.
+
+    Only for values the caller made itself: an id from ``str(uuid)``, a hex
+    digest, a time from :func:`format_recorded_at`, a validated stream id and
+    a registered type name. :func:`envelope_bytes` is the checked form.
+    """
+    return (
+        f'{{"event_id":"{event_id}","payload_sha256":"{payload_sha256}",'
+        f'"recorded_at":"{recorded_at}","schema_version":{schema_version},'
+        f'"seq":{seq},"stream_id":"{stream_id}","type":"{event_type}"}}'
+    ).encode("ascii")
+
+
 def chain_step(prev_hash: bytes, envelope: bytes, key: bytes | None = None) -> bytes:
     """Return the hash of an event from its predecessor's hash and its envelope."""
     if key is None:
         return hashlib.sha256(prev_hash + envelope).digest()
-    return hmac.new(key, prev_hash + envelope, hashlib.sha256).digest()
+    mac = _keyed_sha256(key).copy()
+    mac.update(prev_hash + envelope)
+    return mac.digest()
+
+
+@functools.lru_cache(maxsize=8)
+def _keyed_sha256(key: bytes) -> hmac.HMAC:
+    # Copying an HMAC that has absorbed the key took about a third less time
+    # than hmac.new per event (timeit, Python 3.11). The cache keeps up to
+    # eight keys for the life of the process.
+    return hmac.new(key, digestmod=hashlib.sha256)
 
 
 def key_id(key: bytes) -> str:

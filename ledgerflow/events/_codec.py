@@ -24,7 +24,8 @@ _EXT_DECIMAL = 4
 _EXT_TIME = 5
 
 
-def _default(value: Any) -> Any:
+def encode_default(value: Any) -> Any:
+    """Convert a value that msgpack has no type for. Every packer here uses it as its ``default`` hook."""
     # datetime is a subclass of date, so it is tested first.
     if isinstance(value, dt.datetime):
         return msgpack.ExtType(_EXT_DATETIME, value.isoformat().encode("ascii"))
@@ -60,13 +61,18 @@ def _ext_hook(code: int, data: bytes) -> Any:
 
 
 def encode_payload(model: BaseModel) -> bytes:
-    """Encode a model's fields as msgpack bytes."""
-    return msgpack.packb(model.model_dump(mode="python"), default=_default, use_bin_type=True, datetime=False)
+    """Encode a model's fields as msgpack bytes.
+
+    The fields come from the model's pydantic serializer, as
+    ``model.model_dump(mode="python")`` returns them.
+    """
+    fields = type(model).__pydantic_serializer__.to_python(model)
+    return msgpack.packb(fields, default=encode_default, use_bin_type=True, datetime=False)
 
 
 def encode_value(value: Any) -> bytes:
     """Encode any supported value (dicts, lists, scalars, models) as msgpack bytes."""
-    return msgpack.packb(value, default=_default, use_bin_type=True, datetime=False)
+    return msgpack.packb(value, default=encode_default, use_bin_type=True, datetime=False)
 
 
 def decode_payload(data: bytes) -> Any:
