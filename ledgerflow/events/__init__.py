@@ -25,6 +25,7 @@ from ledgerflow.events._errors import (
     InvalidStreamIdError,
     LedgerflowError,
     LogFormatError,
+    LogNotFoundError,
     NotALogError,
     PayloadValidationError,
     RunNotFoundError,

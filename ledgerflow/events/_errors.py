@@ -51,6 +51,12 @@ class StoreError(LedgerflowError):
         self.path = path
 
 
+class LogNotFoundError(StoreError):
+    """Raised when a command that only reads finds no log at the given path."""
+
+    exit_code = 2
+
+
 class NotALogError(StoreError):
     """Raised when a file exists but is not a ledgerflow event log."""
 

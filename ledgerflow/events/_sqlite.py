@@ -37,6 +37,7 @@ from ledgerflow.events._chain import (
 from ledgerflow.events._errors import (
     ConcurrencyError,
     LogFormatError,
+    LogNotFoundError,
     NotALogError,
     StoreError,
     TamperedLogError,
@@ -147,7 +148,8 @@ class SqliteEventStore:
             raise UsageError(f"invalid synchronous mode {synchronous!r}: use one of {', '.join(SYNCHRONOUS_MODES)}")
         exists = os.path.exists(path) and os.path.getsize(path) > 0
         if not exists and not create:
-            raise StoreError(f"no event log at {path}: start a run first or pass the right --home", path=path)
+            raise LogNotFoundError(f"no event log at {path}: start a run first or pass the right --home",
+                                   path=path)
         if not exists:
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
 

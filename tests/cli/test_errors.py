@@ -32,12 +32,11 @@ def test_unknown_run_exits_2(finished_run, args):
     assert f"error: run {UNKNOWN_RUN!r} not found" in result.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="a home without a log raises StoreError, which exits 1 "
-                                       "although an unknown run is an input error")
 def test_unknown_run_without_log_exits_2(cli):
     result = cli("show", UNKNOWN_RUN, "--json")
 
     assert result.returncode == 2, str(result)
+    assert "no event log" in result.json()["error"]
 
 
 def test_invalid_parameter_named(cli, helpers):
