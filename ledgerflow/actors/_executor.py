@@ -39,7 +39,6 @@ from ledgerflow.events import (
     Event,
     EventStore,
     ExecutorAttached,
-    Manifest,
     NewEvent,
     NodeAttemptFailed,
     NodeCompleted,

@@ -191,7 +191,7 @@ async def test_tamper_detected_by_verify(tmp_path, support, case):
     assert not by_stream["run-a"].ok
     assert by_stream["run-a"].first_bad_seq == bad_seq
     assert by_stream["run-a"].reason == reason
-    assert f"stream 'run-a'" in by_stream["run-a"].detail
+    assert "stream 'run-a'" in by_stream["run-a"].detail
     assert by_stream["run-b"].ok
 
 
