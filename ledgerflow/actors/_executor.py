@@ -667,9 +667,12 @@ class Executor:
             run_id=self.config.run_id, gate=gate,
         )
         summary = self._gate_summary(gate, sampled["schemas"])
+        four_eyes = node.four_eyes
+        if callable(four_eyes):
+            four_eyes = bool(four_eyes(self.pipeline.params_model.model_validate(self.state.params)))
         await self._append([ApprovalRequested(
             gate=gate, summary=summary, sample=sampled["sample"], reviewers=node.reviewers,
-            four_eyes=node.four_eyes, submitter=self.state.submitter, checkpoints=self._gate_checkpoints(gate),
+            four_eyes=four_eyes, submitter=self.state.submitter, checkpoints=self._gate_checkpoints(gate),
         )])
         self.log.info("waiting for approval", gate=gate)
         return self._outcome()

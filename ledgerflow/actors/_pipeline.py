@@ -123,7 +123,7 @@ class Node:
     quarantine: str | None = None
     max_rejected_share: float | None = None
     reviewers: tuple[str, ...] | None = None
-    four_eyes: bool = False
+    four_eyes: bool | Callable[[Any], bool] = False
     takes_partition: bool = False
     takes_context: bool = False
 
@@ -222,12 +222,13 @@ class Pipeline:
         return self._decorate("step", function, options)
 
     def approval(self, name: str, *, after: str | Sequence[str], reviewers: Sequence[str] | None = None,
-                 four_eyes: bool = False) -> None:
+                 four_eyes: bool | Callable[[Any], bool] = False) -> None:
         """Declare an approval gate: the run pauses after ``after`` until someone decides.
 
         Args:
             reviewers: The only reviewers allowed to decide (None: anyone).
-            four_eyes: Refuse a reviewer who is the run's submitter.
+            four_eyes: Refuse a reviewer who is the run's submitter; a function of the
+                run's parameters decides it per run.
         """
         self._add(Node(
             name=name, kind="approval", function=None, inputs={}, after=_names(after),
@@ -488,7 +489,8 @@ class Pipeline:
                 "kind": node.kind, "inputs": node.inputs, "after": list(node.after),
                 "partitioned_like": node.partitioned_like, "quarantine": node.quarantine,
                 "max_rejected_share": node.max_rejected_share, "target": _target_shape(node.target),
-                "reviewers": node.reviewers, "four_eyes": node.four_eyes,
+                "reviewers": node.reviewers,
+                "four_eyes": _source_of(node.four_eyes) if callable(node.four_eyes) else node.four_eyes,
                 "source": _source_of(node.function),
             }
             per_node[name] = _sha256_json(shape)

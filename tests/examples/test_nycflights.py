@@ -233,12 +233,23 @@ def test_low_threshold_quarantines_run(settings: lf.Settings, year_reference: Re
     ({"months": "1,13"}, "months"),
     ({"months": "3,3"}, "more than once"),
     ({"data_dir": "/nonexistent"}, "missing flights.csv.zip"),
-    ({"four_eyes": "true"}, "not supported yet"),
 ])
 def test_invalid_params_rejected(tmp_path: Path, params: dict[str, str], message: str) -> None:
     settings = lf.Settings.resolve(home=str(tmp_path / "home"))
     with pytest.raises(lf.ParameterError, match=message):
         lf.run(str(PIPELINE), params=params, settings=settings)
+
+
+def test_four_eyes_parameter_refuses_submitter(ray_address: str, tmp_path: Path) -> None:
+    settings = lf.Settings.resolve(home=str(tmp_path / "home"), address=ray_address)
+    waiting = lf.run(str(PIPELINE), params={"months": "1", "four_eyes": "true"}, submitter="alice",
+                     settings=settings)
+    assert waiting.status == "waiting_for_approval"
+
+    with pytest.raises(lf.DecisionRefusedError, match="four eyes"):
+        lf.decide(waiting.run_id, reviewer="alice", approve=True, settings=settings)
+    decided = lf.decide(waiting.run_id, reviewer="bob", approve=True, settings=settings)
+    assert decided.status == "running"
 
 
 def test_missing_package_names_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
