@@ -333,7 +333,7 @@ async def _follow(actor: Any, settings: Settings, run_id: str, on_progress: Prog
                 await asyncio.wrap_future(actor.interrupt.remote("interrupted by Ctrl-C").future())
             elif interrupted.is_set():
                 raise KeyboardInterrupt
-        return _unwrap(result)
+        return _unwrap(result, run_id)
     finally:
         if handle_sigint and threading.current_thread() is threading.main_thread():
             loop.remove_signal_handler(signal.SIGINT)
@@ -351,7 +351,7 @@ async def _progress(store: Any, run_id: str, state: RunState, on_progress: Progr
     return state
 
 
-def _unwrap(result: asyncio.Future[Any]) -> RunOutcome:
+def _unwrap(result: asyncio.Future[Any], run_id: str) -> RunOutcome:
     try:
         return result.result()
     except ray.exceptions.RayTaskError as err:
@@ -360,15 +360,17 @@ def _unwrap(result: asyncio.Future[Any]) -> RunOutcome:
             raise cause from None
         raise
     except ray.exceptions.RayActorError as err:
-        raise ExecutorDiedError(str(err)) from err
+        raise ExecutorDiedError(run_id, str(err)) from err
 
 
 class ExecutorDiedError(LedgerflowError):
     """Raised when the executor's process died (and Ray did not restart it)."""
 
-    def __init__(self, detail: str) -> None:
-        super().__init__(f"the run's executor died ({detail.splitlines()[0] if detail else 'no detail'}): "
-                         "continue it with 'ledgerflow resume RUN'")
+    def __init__(self, run_id: str, detail: str) -> None:
+        first_line = detail.splitlines()[0] if detail else "no detail"
+        super().__init__(f"the executor of run {run_id} died ({first_line}): "
+                         f"continue it with 'ledgerflow resume {run_id}'")
+        self.run_id = run_id
 
 
 def _status_message(outcome: RunOutcome) -> str:
@@ -498,7 +500,9 @@ async def _cancel(settings: Settings, run_id: str, requested_by: str, reason: st
         lease = Lease(store.path, run_id)
         request = CancelRequested(requested_by=requested_by, reason=reason)
         try:
-            lease.acquire(holder={"host": socket.gethostname(), "pid": os.getpid(), "command": "cancel"})
+            # The wait covers another process probing the lease for a moment.
+            lease.acquire(holder={"host": socket.gethostname(), "pid": os.getpid(), "command": "cancel"},
+                          wait_s=1.0)
         except LeaseHeldError:
             await _append_retrying(store, run_id, [request])
             logger.info("cancel requested", run_id=run_id, requested_by=requested_by)
