@@ -72,7 +72,7 @@ MIN_WAIT_S = 0.005
 
 @dataclass(frozen=True)
 class ExecutorConfig:
-    """What an executor needs to start or continue one run."""
+    """The settings an executor needs to start or continue one run."""
 
     run_id: str
     store_url: str
@@ -117,7 +117,7 @@ class Outcome:
 
 @dataclass
 class RunOutcome:
-    """How an executor left the run."""
+    """The run's status and last seq when an executor returns."""
 
     run_id: str
     status: str

@@ -71,7 +71,7 @@ ProgressCallback = Callable[[RunState, list[RecordedEvent]], None]
 
 @dataclass(frozen=True)
 class Settings:
-    """Where runs keep their log, checkpoints and default warehouse, and which Ray to use."""
+    """Paths of the log, checkpoints and default warehouse, and the Ray cluster to use."""
 
     home: str
     store_url: str
@@ -102,7 +102,7 @@ class Settings:
 
 @dataclass
 class RunResult:
-    """How a command left a run."""
+    """The outcome of a command on a run: its status, last seq and a message."""
 
     run_id: str
     status: str

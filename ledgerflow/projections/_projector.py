@@ -319,6 +319,7 @@ def _partition_completed(conn: sqlite3.Connection, recorded: RecordedEvent, even
     manifest = event.manifest
     rows_out = manifest.rows if manifest else event.report.get("loaded_rows")
     key = (run_id, event.node, event.partition)
+
     values = (event.attempt, event.report.get("rows_in"), rows_out, event.duration_s, recorded.recorded_at)
     newly = conn.execute(
         "UPDATE partitions SET status = 'completed', attempts = MAX(attempts, ?), rows_in = ?, rows_out = ?, "
@@ -332,6 +333,7 @@ def _partition_completed(conn: sqlite3.Connection, recorded: RecordedEvent, even
         conn.execute(
             "UPDATE partitions SET attempts = MAX(attempts, ?), rows_in = ?, rows_out = ?, duration_s = ?, "
             "completed_at = ? WHERE run_id = ? AND node = ? AND partition = ?", (*values, *key))
+
     ports = [("output", manifest)] if manifest else []
     ports.extend(event.extra.items())
     if ports:
@@ -340,12 +342,14 @@ def _partition_completed(conn: sqlite3.Connection, recorded: RecordedEvent, even
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [(*key, port, item.uri, item.sha256, item.rows, item.bytes, recorded.seq) for port, item in ports],
         )
+
     reasons = event.report.get("rejected_by_reason")
     if reasons:
         conn.executemany(
             "INSERT OR REPLACE INTO quarantine (run_id, node, partition, reason, rows) VALUES (?, ?, ?, ?, ?)",
             [(*key, str(reason), int(count)) for reason, count in reasons.items()],
         )
+
     # Inputs are resolved when lineage is read (see LINEAGE_QUERY): they are
     # the source checkpoints that were valid when this event was recorded.
     conn.execute(
