@@ -28,6 +28,7 @@ from ledgerflow.actors import (
     default_submitter,
     lease_is_free,
     load_pipeline,
+    load_state,
     resume_run,
     start_run,
     status_of,
@@ -253,14 +254,7 @@ def cancel(options: Options, run_id: str, reason: str) -> int:
 
 
 def _load(options: Options, run_id: str, until_seq: int | None = None) -> RunState:
-    async def load() -> RunState:
-        store = await open_store(options.settings.store_url, create=False)
-        try:
-            return await load_run_state(store, run_id, until_seq=until_seq)
-        finally:
-            await store.close()
-
-    return asyncio.run(load())
+    return load_state(run_id, settings=options.settings, until_seq=until_seq)
 
 
 @main.command()

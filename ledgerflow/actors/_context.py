@@ -1,4 +1,4 @@
-"""What a node sees at run time: secrets, the context and the middleware chain."""
+"""A node's run-time surroundings: secrets, the context and the middleware chain."""
 
 from __future__ import annotations
 
@@ -103,7 +103,7 @@ class Context:
 
 @dataclass
 class Attempt:
-    """One node attempt as middleware sees it."""
+    """One node attempt, as passed to middleware hooks."""
 
     run_id: str
     node: str

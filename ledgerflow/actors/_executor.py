@@ -145,6 +145,7 @@ class Executor:
         self._order: list[str] = []
         self._partition_values: dict[str, dict[str, Any]] = {}
         self._gates_to_check: set[str] = set()
+        self._routes: dict[str, Any] = {}
         self._created = time.perf_counter()
         self._ready_s: float | None = None
 
@@ -200,6 +201,7 @@ class Executor:
             for name, values in self.pipeline.resolve_partitions(params).items()
         }
         self._pipeline_ref = ray.put(self.pipeline)
+        self._routes = self.pipeline.all_routes()
         if resuming:
             self._gates_to_check = {name for name in self.state.gates if self.state.nodes[name].status == "completed"}
             await self._invalidate_bad_checkpoints()
@@ -390,7 +392,7 @@ class Executor:
 
     def _route_events(self, name: str) -> list[Event]:
         assert self.pipeline is not None
-        route = self.pipeline.all_routes().get(name)
+        route = self._routes.get(name)
         if route is None or name in self.state.routes_taken:
             return []
         node_state = self.state.nodes[name]
@@ -419,7 +421,7 @@ class Executor:
         assert self.pipeline is not None
         if any(node.status not in ("completed", "skipped") for node in self.state.nodes.values()):
             return []
-        routes = self.pipeline.all_routes()
+        routes = self._routes
         for source, taken in self.state.routes_taken.items():
             route = routes.get(source)
             if taken.condition_met and route is not None and route.outcome == "quarantined":

@@ -63,7 +63,7 @@ class NoParams(BaseModel):
 
 @dataclass(frozen=True)
 class Validation:
-    """What a validate node returns: the rows that pass, the rows rejected (with a
+    """The result of a validate node: the rows that pass, the rows rejected (with a
     ``reason`` column) and a JSON-compatible report for reviewers."""
 
     valid: pa.Table
@@ -158,7 +158,7 @@ class Route:
 
 @dataclass(frozen=True)
 class RouteInput:
-    """What a route condition sees: the source's reports per partition and the shared state."""
+    """The input of a route condition: the source's reports per partition and the shared state."""
 
     source: str
     reports: Mapping[str, Mapping[str, Any]]
@@ -174,7 +174,7 @@ class Pipeline:
         name: Shown in run listings and recorded at start.
         params: A pydantic model class for the run's parameters.
         middleware: Extra middleware wrapped around every node attempt, after logging.
-        max_in_flight: The most tasks the run keeps in flight at once (None: no limit).
+        max_in_flight: The maximum number of tasks in flight at once (None: no limit).
     """
 
     def __init__(
@@ -348,7 +348,7 @@ class Pipeline:
                     node=node.name,
                 )
         order = self._topological_order()
-        for route in self._all_routes().values():
+        for route in self.all_routes().values():
             for name in (*route.to, *route.otherwise):
                 if name not in self.nodes:
                     raise PipelineDefinitionError(
@@ -397,16 +397,13 @@ class Pipeline:
             visit(name, [])
         return order
 
-    def _all_routes(self) -> dict[str, Route]:
+    def all_routes(self) -> dict[str, Route]:
+        """Return the declared routes plus the quarantine routes of validate nodes."""
         routes = dict(self.routes)
         for node in self.nodes.values():
             if node.kind == "validate" and node.max_rejected_share is not None and node.name not in routes:
                 routes[node.name] = _quarantine_route(self, node)
         return routes
-
-    def all_routes(self) -> dict[str, Route]:
-        """Return the declared routes plus the quarantine routes of validate nodes."""
-        return self._all_routes()
 
     def children(self, name: str) -> list[str]:
         """Return the nodes that depend directly on ``name``."""
@@ -516,7 +513,7 @@ class Pipeline:
         return tuple(
             RouteSpec(source=route.source, name=route.name, to=route.to, otherwise=route.otherwise,
                       outcome=route.outcome)
-            for route in self._all_routes().values()
+            for route in self.all_routes().values()
         )
 
 

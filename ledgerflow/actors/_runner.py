@@ -1,8 +1,8 @@
 """Driver-side operations: start, resume, decide and cancel runs.
 
-These work from the log alone; only starting or continuing a run needs Ray,
-and then a new executor is started in the caller's Ray cluster (or in a
-private local one).
+These work from the log alone. Only starting or continuing a run needs Ray:
+a new executor then starts in the caller's Ray cluster, or in a private
+local one.
 """
 
 from __future__ import annotations

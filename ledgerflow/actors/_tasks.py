@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import pandas as pd
 import pyarrow as pa
 import ray
 
@@ -40,7 +41,7 @@ class InputPart:
 
 @dataclass(frozen=True)
 class InputSpec:
-    """How a node parameter is fed: which node and port, which partitions, whole or one part."""
+    """The source of a node parameter: which node and port, and which of its partitions."""
 
     parameter: str
     source: str
@@ -72,11 +73,7 @@ def to_table(value: Any, *, node: str) -> pa.Table:
         return value
     if isinstance(value, pa.RecordBatch):
         return pa.Table.from_batches([value])
-    try:
-        import pandas as pd
-    except ImportError:  # pragma: no cover - pandas is a dependency
-        pd = None
-    if pd is not None and isinstance(value, pd.DataFrame):
+    if isinstance(value, pd.DataFrame):
         return pa.Table.from_pandas(value, preserve_index=False)
     raise TypeError(
         f"node {node!r} returned {type(value).__name__}: return a pyarrow.Table or a pandas DataFrame"

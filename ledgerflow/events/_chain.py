@@ -158,7 +158,7 @@ def parse_key(text: str) -> bytes:
         raise ValueError(f"{KEY_ENV} is not a hex string: {err}") from err
     if len(key) < MIN_KEY_BYTES:
         raise ValueError(
-            f"{KEY_ENV} holds {len(key)} bytes; use at least {MIN_KEY_BYTES} "
+            f"{KEY_ENV} is {len(key)} bytes long, which is too short: use at least {MIN_KEY_BYTES} "
             "(for example: python -c 'import secrets; print(secrets.token_hex(32))')"
         )
     return key

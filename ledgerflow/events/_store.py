@@ -216,7 +216,7 @@ class RecordedEvent(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class AppendResult:
-    """Where an append left the stream."""
+    """The stream's position after an append: the seqs written and the new head hash."""
 
     stream_id: str
     first_seq: int
