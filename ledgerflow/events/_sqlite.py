@@ -17,6 +17,7 @@ import functools
 import hashlib
 import os
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -420,7 +421,7 @@ def _prepare_file(conn: sqlite3.Connection, path: str, synchronous: str, key: by
                     path=path,
                 )
             _check_meta(dict(conn.execute("SELECT key, value FROM meta").fetchall()), path, key)
-        conn.execute("PRAGMA journal_mode = WAL")
+        _enable_wal(conn)
         conn.execute(f"PRAGMA synchronous = {synchronous}")
         if not exists:
             # Another process may create the same file at the same time, so
@@ -449,6 +450,27 @@ def _prepare_file(conn: sqlite3.Connection, path: str, synchronous: str, key: by
             f"{path} is not a ledgerflow log ({err}): pass another --home or --store", path=path
         ) from err
     return _check_meta(meta, path, key)
+
+
+def _enable_wal(conn: sqlite3.Connection) -> None:
+    """Switch the file to WAL, waiting out writers that hold the lock.
+
+    Switching takes an exclusive lock. When another process holds a reserved
+    lock on a fresh file (it is creating the schema), SQLite returns "locked"
+    at once rather than calling the busy handler, to avoid a deadlock, so
+    this waits here with the same deadline as the busy timeout.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    delay = 0.005
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as err:
+            if "locked" not in str(err) or time.monotonic() >= deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.2)
 
 
 def _check_meta(meta: dict[str, str], path: str, key: bytes | None) -> str:
