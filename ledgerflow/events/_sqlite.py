@@ -455,10 +455,10 @@ def _prepare_file(conn: sqlite3.Connection, path: str, synchronous: str, key: by
 def _enable_wal(conn: sqlite3.Connection) -> None:
     """Switch the file to WAL, waiting out writers that hold the lock.
 
-    Switching takes an exclusive lock. When another process holds a reserved
-    lock on a fresh file (it is creating the schema), SQLite returns "locked"
-    at once rather than calling the busy handler, to avoid a deadlock, so
-    this waits here with the same deadline as the busy timeout.
+    Switching takes an exclusive lock. If another process is creating the
+    schema in a fresh file, SQLite reports "locked" at once instead of calling
+    the busy handler, because waiting could deadlock. This loop waits instead,
+    up to the busy timeout.
     """
     deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
     delay = 0.005
