@@ -6,7 +6,8 @@ The log holds runs of 1,000 events each (a start, node starts and
 completions, and partition completions with manifests and reports). The
 baseline reads the same rows with sqlite3, decodes each payload with msgpack
 and validates it with pydantic; the rebuild does that and writes the tables.
-Prints both rates and their ratio (target: rebuild at least 30% of raw).
+Prints the best rate of each over alternating rounds and their ratio
+(target: rebuild at least 30% of raw).
 """
 
 from __future__ import annotations
@@ -65,8 +66,8 @@ async def _build(path: str, total: int) -> None:
     await store.close()
 
 
-def _raw_read(path: str) -> float:
-    started = time.perf_counter()
+def _raw_read(path: str) -> tuple[float, float]:
+    started, cpu_started = time.perf_counter(), time.process_time()
     conn = sqlite3.connect(path)
     cursor = conn.execute("SELECT type, payload FROM events ORDER BY global_position")
     count = 0
@@ -75,34 +76,41 @@ def _raw_read(path: str) -> float:
             event_class(event_type).model_validate(msgpack.unpackb(payload, ext_hook=_ext_hook, raw=False))
             count += 1
     conn.close()
-    return count / (time.perf_counter() - started)
+    return count / (time.perf_counter() - started), count / (time.process_time() - cpu_started)
 
 
-async def _rebuild(path: str, target: str) -> float:
+async def _rebuild(path: str, target: str) -> tuple[float, float]:
     store = await open_store(path, key=None)
     projector = Projector(target)
     projector.drop()
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     applied = await projector.catch_up(store)
-    elapsed = time.perf_counter() - started
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     await store.close()
-    return applied / elapsed
+    return applied / elapsed, applied / cpu
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; the best of each is kept")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as directory:
         log = os.path.join(directory, "log.db")
         started = time.perf_counter()
         asyncio.run(_build(log, args.events))
         print(f"built a log of {args.events:,} events in {time.perf_counter() - started:.1f} s")
-        raw = _raw_read(log)
-        rebuild = asyncio.run(_rebuild(log, os.path.join(directory, "projections.db")))
-        print(f"raw read + decode + validate: {raw:,.0f} events/s")
-        print(f"projection rebuild:           {rebuild:,.0f} events/s")
-        print(f"ratio: {rebuild / raw:.2f} (target >= 0.30)")
+
+        # Rounds alternate so that load from other processes hits both sides alike. CPU time
+        # (all threads of this process) is printed too: it moves less than wall time on a busy machine.
+        raw, rebuild = (0.0, 0.0), (0.0, 0.0)
+        for number in range(args.rounds):
+            raw = max(raw, _raw_read(log))
+            rebuild = max(rebuild, asyncio.run(_rebuild(log, os.path.join(directory, "projections.db"))))
+            print(f"round {number + 1}: raw {raw[0]:,.0f} events/s, rebuild {rebuild[0]:,.0f} events/s (best so far)")
+        print(f"raw read + decode + validate: {raw[0]:,.0f} events/s ({raw[1]:,.0f} per CPU second)")
+        print(f"projection rebuild:           {rebuild[0]:,.0f} events/s ({rebuild[1]:,.0f} per CPU second)")
+        print(f"ratio: {rebuild[0] / raw[0]:.2f} wall, {rebuild[1] / raw[1]:.2f} CPU (target >= 0.30)")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,8 @@ import sqlite3
 from collections.abc import Callable
 from typing import Any
 
+import structlog
+
 from ledgerflow.events import (
     ApprovalGranted,
     ApprovalRejected,
@@ -41,9 +43,12 @@ from ledgerflow.events import (
     RunStarted,
     StateRecorded,
     StoreError,
+    decode_payload,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+
+logger = structlog.get_logger("ledgerflow.projections")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS projection_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -77,12 +82,11 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     uri TEXT NOT NULL, sha256 TEXT NOT NULL, rows INTEGER NOT NULL, bytes INTEGER,
     seq INTEGER NOT NULL, valid INTEGER NOT NULL DEFAULT 1, invalid_reason TEXT, invalid_seq INTEGER,
     removed INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (run_id, uri)
+    PRIMARY KEY (run_id, node, partition, port, seq)
 );
-CREATE INDEX IF NOT EXISTS checkpoints_by_partition ON checkpoints (run_id, node, partition, port);
 CREATE TABLE IF NOT EXISTS lineage (
-    run_id TEXT NOT NULL, node TEXT NOT NULL, partition TEXT NOT NULL, seq INTEGER NOT NULL,
-    output_uri TEXT, output_sha256 TEXT, fingerprint TEXT, run_fingerprint TEXT,
+    run_id TEXT NOT NULL, seq INTEGER NOT NULL, node TEXT NOT NULL, partition TEXT NOT NULL,
+    output_uri TEXT, run_fingerprint TEXT,
     PRIMARY KEY (run_id, seq)
 );
 CREATE TABLE IF NOT EXISTS approvals (
@@ -115,11 +119,13 @@ CREATE TABLE IF NOT EXISTS shared_state (
 #: (the same partition when the source has it, else all partitions) that
 #: were recorded before the output and not invalidated by then.
 LINEAGE_QUERY = """
-SELECT lineage.node, lineage.partition, lineage.seq, lineage.output_uri, lineage.output_sha256,
-       lineage.fingerprint, source.node AS input_node, source.partition AS input_partition,
-       source.uri AS input_uri, source.sha256 AS input_sha256
+SELECT lineage.node, lineage.partition, lineage.seq, lineage.output_uri, output.sha256 AS output_sha256,
+       nodes.fingerprint, lineage.run_fingerprint, source.node AS input_node,
+       source.partition AS input_partition, source.uri AS input_uri, source.sha256 AS input_sha256
 FROM lineage
 JOIN nodes ON nodes.run_id = lineage.run_id AND nodes.node = lineage.node
+LEFT JOIN checkpoints AS output ON output.run_id = lineage.run_id AND output.node = lineage.node
+    AND output.partition = lineage.partition AND output.port = 'output' AND output.seq = lineage.seq
 JOIN json_each(nodes.inputs) AS edge
 JOIN checkpoints AS source ON source.run_id = lineage.run_id
     AND source.node = json_extract(edge.value, '$[0]') AND source.port = json_extract(edge.value, '$[1]')
@@ -151,8 +157,18 @@ class Projector:
     def _connect(self) -> sqlite3.Connection:
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
         conn = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+        found = _schema_version(conn)
+        if found is not None and found != SCHEMA_VERSION:
+            # Read models hold nothing the log does not, so an older layout is rebuilt rather than migrated.
+            conn.close()
+            logger.info("rebuilding read models of an older layout", path=self.path, found_version=found,
+                        version=SCHEMA_VERSION)
+            self.drop()
+            conn = sqlite3.connect(self.path, timeout=60, isolation_level=None)
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = NORMAL")
+        # A rebuild touches far more pages than the default 2 MiB cache holds.
+        conn.execute("PRAGMA cache_size = -65536")
         conn.executescript(_SCHEMA)
         return conn
 
@@ -184,9 +200,9 @@ class Projector:
             identity = await _log_identity(store)
             _check_identity(conn, identity, self.path)
             position = _position(conn)
-            batch: list[RecordedEvent] = []
+            batch: list[tuple[RecordedEvent, Event | dict[str, Any]]] = []
             async for recorded in store.read_all(after_position=position):
-                batch.append(recorded)
+                batch.append((recorded, _decode(recorded, store.path)))
                 if len(batch) >= chunk:
                     applied += self._apply_batch(conn, batch, store.path)
                     batch = []
@@ -196,26 +212,35 @@ class Projector:
             conn.close()
         return applied
 
-    def _apply_batch(self, conn: sqlite3.Connection, batch: list[RecordedEvent], log_path: str) -> int:
+    def _apply_batch(
+        self, conn: sqlite3.Connection, batch: list[tuple[RecordedEvent, Event | dict[str, Any]]], log_path: str
+    ) -> int:
         conn.execute("BEGIN IMMEDIATE")
         try:
             position = _position(conn)
             applied = 0
             heads: dict[str, int] = {}
-            for recorded in batch:
+            completions = _Completions()
+            for recorded, event in batch:
                 if recorded.global_position <= position:
                     continue
-                event = recorded.decode(log_path)
-                handler = _HANDLERS.get(type(event))
-                if handler is not None:
-                    handler(conn, recorded, event)
+                if isinstance(event, dict):
+                    completions.add(recorded, event, log_path)
+                else:
+                    handler = _HANDLERS.get(type(event))
+                    if handler is not None:
+                        # Other handlers read rows that completions write, so those go first.
+                        completions.flush(conn)
+                        handler(conn, recorded, event)
                 heads[recorded.stream_id] = recorded.seq
                 applied += 1
+            completions.flush(conn)
+
             conn.executemany("UPDATE runs SET events = ? WHERE run_id = ?",
                              [(seq, run_id) for run_id, seq in heads.items()])
             if applied:
                 conn.execute("INSERT OR REPLACE INTO projection_meta (key, value) VALUES ('position', ?)",
-                             (str(batch[-1].global_position),))
+                             (str(batch[-1][0].global_position),))
             conn.execute("COMMIT")
             return applied
         except BaseException:
@@ -238,6 +263,33 @@ class Projector:
             return {table: conn.execute(f"SELECT * FROM {table} ORDER BY 1, 2, 3").fetchall() for table in TABLES}
         finally:
             conn.close()
+
+
+_COMPLETED = PartitionCompleted.event_type
+
+
+def _decode(recorded: RecordedEvent, path: str) -> Event | dict[str, Any]:
+    """Decode an event, leaving a current PartitionCompleted as its stored fields.
+
+    Those are most of a log, and validating each one into a model is a large
+    share of a rebuild's time. The fields were validated when the event was
+    appended. A payload that lacks one is decoded in full in
+    :meth:`_Completions.add`, which raises the usual error.
+    """
+    if recorded.type == _COMPLETED and recorded.schema_version == PartitionCompleted.schema_version:
+        fields = decode_payload(recorded.payload)
+        if isinstance(fields, dict):
+            return fields
+    return recorded.decode(path)
+
+
+def _schema_version(conn: sqlite3.Connection) -> int | None:
+    """Return the layout version a read-model file was written with (None for a new file)."""
+    try:
+        row = conn.execute("SELECT value FROM projection_meta WHERE key = 'schema_version'").fetchone()
+    except sqlite3.OperationalError:
+        return None
+    return int(row[0]) if row else None
 
 
 def _position(conn: sqlite3.Connection) -> int:
@@ -314,51 +366,94 @@ def _node_started(conn: sqlite3.Connection, recorded: RecordedEvent, event: Node
                  "WHERE run_id = ? AND node = ?", (recorded.recorded_at, recorded.stream_id, event.node))
 
 
-def _partition_completed(conn: sqlite3.Connection, recorded: RecordedEvent, event: PartitionCompleted) -> None:
-    run_id = recorded.stream_id
-    manifest = event.manifest
-    rows_out = manifest.rows if manifest else event.report.get("loaded_rows")
-    key = (run_id, event.node, event.partition)
+class _Completions:
+    """PartitionCompleted events buffered and written with one statement per table.
 
-    values = (event.attempt, event.report.get("rows_in"), rows_out, event.duration_s, recorded.recorded_at)
-    newly = conn.execute(
-        "UPDATE partitions SET status = 'completed', attempts = MAX(attempts, ?), rows_in = ?, rows_out = ?, "
-        "duration_s = ?, completed_at = ? WHERE run_id = ? AND node = ? AND partition = ? AND status != 'completed'",
-        (*values, *key),
-    ).rowcount
-    if newly:
-        conn.execute("UPDATE nodes SET partitions_done = partitions_done + 1 WHERE run_id = ? AND node = ?",
-                     (run_id, event.node))
-    else:
-        conn.execute(
-            "UPDATE partitions SET attempts = MAX(attempts, ?), rows_in = ?, rows_out = ?, duration_s = ?, "
-            "completed_at = ? WHERE run_id = ? AND node = ? AND partition = ?", (*values, *key))
+    They are most of a log, and a statement per event and table took most of
+    a rebuild's time. The result equals applying them one by one: later rows
+    replace earlier ones as they would, and a node's completed count is
+    recounted from its partitions.
+    """
 
-    ports = [("output", manifest)] if manifest else []
-    ports.extend(event.extra.items())
-    if ports:
+    def __init__(self) -> None:
+        self.partitions: list[tuple[Any, ...]] = []
+        self.checkpoints: list[tuple[Any, ...]] = []
+        self.quarantine: list[tuple[Any, ...]] = []
+        self.lineage: list[tuple[Any, ...]] = []
+        self.nodes: set[tuple[str, str]] = set()
+
+    def add(self, recorded: RecordedEvent, fields: dict[str, Any], log_path: str) -> None:
+        """Buffer one PartitionCompleted, given as its stored fields."""
+        try:
+            self._add(recorded, fields)
+        except (KeyError, TypeError, AttributeError):
+            recorded.decode(log_path)  # raises the error that names the event and the field
+            raise
+
+    def _add(self, recorded: RecordedEvent, fields: dict[str, Any]) -> None:
+        run_id = recorded.stream_id
+        node, partition = fields["node"], fields["partition"]
+        manifest = fields.get("manifest")
+        report = fields.get("report") or {}
+        rows_out = manifest["rows"] if manifest else report.get("loaded_rows")
+        key = (run_id, node, partition)
+        self.nodes.add((run_id, node))
+
+        self.partitions.append(
+            (fields["attempt"], report.get("rows_in"), rows_out, fields.get("duration_s", 0.0),
+             recorded.recorded_at, *key)
+        )
+
+        ports = [("output", manifest)] if manifest else []
+        ports.extend((fields.get("extra") or {}).items())
+        self.checkpoints.extend(
+            (*key, port, item["uri"], item["sha256"], item["rows"], item.get("bytes", 0), recorded.seq)
+            for port, item in ports
+        )
+
+        reasons = report.get("rejected_by_reason")
+        if reasons:
+            self.quarantine.extend((*key, str(reason), int(count)) for reason, count in reasons.items())
+
+        # Inputs are resolved when lineage is read (see LINEAGE_QUERY): they are
+        # the source checkpoints that were valid when this event was recorded.
+        self.lineage.append((run_id, recorded.seq, node, partition, manifest["uri"] if manifest else None))
+
+    def flush(self, conn: sqlite3.Connection) -> None:
+        """Write the buffered completions and empty the buffer."""
+        if not self.nodes:
+            return
+        conn.executemany(
+            "UPDATE partitions SET status = 'completed', attempts = MAX(attempts, ?), rows_in = ?, rows_out = ?, "
+            "duration_s = ?, completed_at = ? WHERE run_id = ? AND node = ? AND partition = ?",
+            self.partitions,
+        )
+        conn.executemany(
+            "UPDATE nodes SET partitions_done = (SELECT count(*) FROM partitions WHERE partitions.run_id = ? "
+            "AND partitions.node = ? AND status = 'completed') WHERE run_id = ? AND node = ?",
+            [(run_id, node, run_id, node) for run_id, node in self.nodes],
+        )
         conn.executemany(
             "INSERT OR REPLACE INTO checkpoints (run_id, node, partition, port, uri, sha256, rows, bytes, seq) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [(*key, port, item.uri, item.sha256, item.rows, item.bytes, recorded.seq) for port, item in ports],
+            self.checkpoints,
         )
-
-    reasons = event.report.get("rejected_by_reason")
-    if reasons:
         conn.executemany(
             "INSERT OR REPLACE INTO quarantine (run_id, node, partition, reason, rows) VALUES (?, ?, ?, ?, ?)",
-            [(*key, str(reason), int(count)) for reason, count in reasons.items()],
+            self.quarantine,
         )
 
-    # Inputs are resolved when lineage is read (see LINEAGE_QUERY): they are
-    # the source checkpoints that were valid when this event was recorded.
-    conn.execute(
-        "INSERT OR REPLACE INTO lineage (run_id, node, partition, seq, output_uri, output_sha256, fingerprint, "
-        "run_fingerprint) SELECT ?, ?, ?, ?, ?, ?, nodes.fingerprint, runs.fingerprint FROM nodes JOIN runs "
-        "USING (run_id) WHERE nodes.run_id = ? AND nodes.node = ?",
-        (*key, recorded.seq, manifest.uri if manifest else None, manifest.sha256 if manifest else None,
-         run_id, event.node),
-    )
+        # A run's fingerprint changes only with CodeChangeAccepted, never between two flushes.
+        fingerprints = {
+            run_id: conn.execute("SELECT fingerprint FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+            for run_id in {run_id for run_id, _ in self.nodes}
+        }
+        conn.executemany(
+            "INSERT OR REPLACE INTO lineage (run_id, seq, node, partition, output_uri, run_fingerprint) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            [row + fingerprints[row[0]] for row in self.lineage if fingerprints[row[0]]],
+        )
+        self.__init__()  # type: ignore[misc]
 
 
 def _attempt_failed(conn: sqlite3.Connection, recorded: RecordedEvent, event: NodeAttemptFailed) -> None:
@@ -494,8 +589,9 @@ def _cancelled(conn: sqlite3.Connection, recorded: RecordedEvent, event: RunCanc
 
 
 def _checkpoints_removed(conn: sqlite3.Connection, recorded: RecordedEvent, event: CheckpointsRemoved) -> None:
-    conn.executemany("UPDATE checkpoints SET removed = 1 WHERE run_id = ? AND uri = ?",
-                     [(recorded.stream_id, uri) for uri in event.uris])
+    # One pass over the run's checkpoints, not one per URI: the table is keyed by partition, not by URI.
+    conn.execute("UPDATE checkpoints SET removed = 1 WHERE run_id = ? AND uri IN (SELECT value FROM json_each(?))",
+                 (recorded.stream_id, json.dumps(list(event.uris))))
 
 
 _HANDLERS: dict[type[Event], Handler] = {
@@ -504,7 +600,6 @@ _HANDLERS: dict[type[Event], Handler] = {
     RunResumed: _run_resumed,
     CodeChangeAccepted: _code_change,
     NodeStarted: _node_started,
-    PartitionCompleted: _partition_completed,
     NodeAttemptFailed: _attempt_failed,
     NodeCompleted: _node_completed,
     CheckpointInvalidated: _checkpoint_invalidated,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import pathlib
+import sqlite3
 
 import pytest
 
@@ -105,3 +106,16 @@ def test_history_frames_for_notebooks(approved_run):
     nodes = view.nodes()
     assert set(nodes["node"]) == {"numbers", "checked", "hold", "review", "warehouse"}
     assert "run audited-1" in view._repr_html_()
+
+
+def test_projector_rebuilds_older_layout(approved_run):
+    settings, _ = approved_run
+    expected = _catch_up(settings).dump()
+    path = projections_path(settings.store_url)
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE projection_meta SET value = '1' WHERE key = 'schema_version'")
+        conn.execute("DELETE FROM runs")
+
+    rebuilt = _catch_up(settings).dump()
+
+    assert rebuilt == expected
