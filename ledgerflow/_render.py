@@ -230,6 +230,32 @@ def print_verify(path: str, chain: str, streams: list[dict[str, Any]]) -> None:
     sys.stdout.flush()
 
 
+def print_checkpoint_checks(checks: list[dict[str, Any]]) -> None:
+    """Print the state of a run's checkpoint files: counts, then each file that is not intact."""
+    counts: dict[str, int] = {}
+    for check in checks:
+        counts[check["status"]] = counts.get(check["status"], 0) + 1
+    _console.print("checkpoints: " + ", ".join(f"{count} {status}" for status, count in sorted(counts.items())),
+                   markup=False)
+    for check in checks:
+        if check["status"] != "ok":
+            _console.print(f"  {check['status']:<8} {check['label']}  {check['uri']}  {check['detail']}",
+                           markup=False, highlight=False, soft_wrap=True)
+    sys.stdout.flush()
+
+
+def print_gc(results: list[Any], dry_run: bool) -> None:
+    """Print what a collection did with each run, and the bytes it freed."""
+    table = Table("run", "status", "action", "files", "bytes", "reason", box=None)
+    for item in results:
+        table.add_row(item.run_id, item.status, item.action, str(item.files), f"{item.bytes:,}", item.reason)
+    _console.print(table)
+    done = [item for item in results if item.action in ("removed", "would remove")]
+    verb = "would free" if dry_run else "freed"
+    _console.print(f"{len(done)} run(s), {verb} {sum(item.bytes for item in done):,} bytes", markup=False)
+    sys.stdout.flush()
+
+
 def print_audit(account: dict[str, Any]) -> None:
     """Print a reviewer's account of a run, oldest fact first."""
     _console.rule(f"audit of run {account['run_id']} ({account['pipeline']}): {account['status']}")

@@ -20,10 +20,13 @@ import click
 
 from ledgerflow import _render as render
 from ledgerflow.actors import (
+    DEFAULT_RETENTION_DAYS,
     EXIT_CODES,
     RunResult,
     Settings,
     cancel_run,
+    check_run_checkpoints,
+    collect_garbage,
     decide,
     default_submitter,
     lease_is_free,
@@ -383,16 +386,20 @@ def _echo_event(options: Options, recorded: Any, event: Any, status: str) -> Non
 @click.argument("run_id", metavar="RUN", required=False)
 @common_options
 def verify(options: Options, run_id: str | None) -> int:
-    """Check the hash chains of every run, or of RUN; print each head hash."""
+    """Check the hash chains of every run, or of RUN and its checkpoint files; print each head hash."""
 
     async def check() -> Any:
         store = await open_store(options.settings.store_url, create=False)
         try:
-            return await store.verify(run_id)
+            report = await store.verify(run_id)
+            state = None
+            if run_id is not None and report.ok and report.streams[0].events:
+                state = await load_run_state(store, run_id, verify=False)
+            return report, state
         finally:
             await store.close()
 
-    report = asyncio.run(check())
+    report, state = asyncio.run(check())
     streams = [
         {"run_id": item.stream_id, "status": "ok" if item.ok else "tampered", "events": item.events,
          "head_seq": item.head_seq, "head_hash": item.head_hash, "first_bad_seq": item.first_bad_seq,
@@ -401,19 +408,31 @@ def verify(options: Options, run_id: str | None) -> int:
     ]
     if run_id is not None and not report.streams[0].events and report.streams[0].head_seq is None:
         raise RunNotFoundError(run_id, report.path)
+
+    # With a RUN, its checkpoint files are checked too: retention's removals are expected, other losses are not.
+    checks = [vars(item) for item in check_run_checkpoints(state)] if state is not None else []
+    damaged = [item for item in checks if item["status"] in ("missing", "corrupt")]
     if options.as_json:
-        payload: dict[str, Any] = {"ok": report.ok, "chain": report.chain, "log": report.path, "streams": streams,
-                                   "status": "ok" if report.ok else "tampered"}
+        payload: dict[str, Any] = {"ok": report.ok and not damaged, "chain": report.chain, "log": report.path,
+                                   "streams": streams, "status": "ok" if report.ok else "tampered"}
         if run_id is not None:
             payload["run_id"] = run_id
+            payload["checkpoints"] = checks
         click.echo(json.dumps(payload))
     else:
         render.print_verify(report.path, report.chain, streams)
+        if checks:
+            render.print_checkpoint_checks(checks)
     if not report.ok:
         bad = next(item for item in report.streams if not item.ok)
         if not options.as_json:
             click.echo(f"error: {bad.detail}", err=True)
         return TamperedLogError.exit_code
+    if damaged:
+        if not options.as_json:
+            click.echo(f"error: {len(damaged)} checkpoint file(s) of run {run_id} are missing or changed; "
+                       f"`ledgerflow resume {run_id}` recomputes them for a run that has not ended", err=True)
+        return 1
     return 0
 
 
@@ -465,6 +484,23 @@ def export(options: Options, run_id: str, file: str) -> int:
         click.echo(f"exported {header['events']} events of run {run_id} to {file}; "
                    f"head seq {header['head_seq']}, head hash {header['head_hash']}")
     return 0
+
+
+@main.command()
+@click.option("--older-than", "older_than", type=click.FloatRange(min=0), default=DEFAULT_RETENTION_DAYS,
+              show_default=True, metavar="DAYS", help="Remove checkpoints of runs that ended more than DAYS ago.")
+@click.option("--dry-run", is_flag=True, help="Print what would be removed and remove nothing.")
+@common_options
+def gc(options: Options, older_than: float, dry_run: bool) -> int:
+    """Remove the checkpoints of finished runs, recording each removal in the run's stream."""
+    results = collect_garbage(older_than_days=older_than, dry_run=dry_run, settings=options.settings)
+    tampered = [item for item in results if item.status == "tampered"]
+    if options.as_json:
+        click.echo(json.dumps({"status": "tampered" if tampered else "ok", "older_than_days": older_than,
+                               "dry_run": dry_run, "runs": [item.as_dict() for item in results]}))
+    else:
+        render.print_gc(results, dry_run)
+    return TamperedLogError.exit_code if tampered else 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -14,6 +14,13 @@ from ledgerflow.actors._errors import (
 )
 from ledgerflow.actors._files import BadRowError, CsvSource, ParquetSource, SourceError
 from ledgerflow.actors._executor import Executor, ExecutorConfig, RunActor, RunOutcome
+from ledgerflow.actors._gc import (
+    DEFAULT_RETENTION_DAYS,
+    CheckpointCheck,
+    Collected,
+    check_run_checkpoints,
+    collect_garbage,
+)
 from ledgerflow.actors._lease import Lease, lease_is_free
 from ledgerflow.actors._loader import canonical_locator, load_pipeline, locator_of
 from ledgerflow.actors._pipeline import (
@@ -41,11 +48,14 @@ from ledgerflow.actors._runner import (
 )
 
 __all__ = [
+    "DEFAULT_RETENTION_DAYS",
     "EXIT_CODES",
     "Attempt",
     "BadRowError",
+    "CheckpointCheck",
     "CheckpointCorruptError",
     "CodeChangedError",
+    "Collected",
     "ConfigurationError",
     "Context",
     "CsvSource",
@@ -75,8 +85,10 @@ __all__ = [
     "SourceError",
     "SqliteTable",
     "Validation",
-    "canonical_locator",
     "cancel_run",
+    "canonical_locator",
+    "check_run_checkpoints",
+    "collect_garbage",
     "decide",
     "default_submitter",
     "ensure_ray",

@@ -74,6 +74,19 @@ class CheckpointStore:
     def run_directory(self, run_id: str) -> str:
         return self._uri(f"{self._base}/{run_id}")
 
+    def run_usage(self, run_id: str) -> tuple[int, int]:
+        """Return the number of files and bytes under a run's directory (0, 0 when it is absent)."""
+        selector = pafs.FileSelector(f"{self._base}/{run_id}", allow_not_found=True, recursive=True)
+        files = [info for info in self._fs.get_file_info(selector) if info.type == pafs.FileType.File]
+        return len(files), sum(info.size or 0 for info in files)
+
+    def remove_run(self, run_id: str) -> None:
+        """Delete a run's directory and every file in it; an absent directory is not an error."""
+        try:
+            self._fs.delete_dir(f"{self._base}/{run_id}")
+        except FileNotFoundError:
+            pass
+
 
 def read_checkpoint(manifest: Manifest, *, node: str = "", partition: str = "") -> pa.Table:
     """Read a checkpoint after checking its SHA-256.

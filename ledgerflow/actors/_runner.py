@@ -264,8 +264,11 @@ def resume_run(
     settings = settings or Settings.resolve()
     state = asyncio.run(_load(settings, run_id))
     if state.terminal:
-        return RunResult(run_id, state.status, state.seq, f"run {run_id} already ended as {state.status}",
-                         changed=False)
+        message = f"run {run_id} already ended as {state.status}"
+        if state.removed_checkpoints:
+            message += (f"; retention removed its checkpoints at seq {min(state.removed_checkpoints.values())}, "
+                        "so they are gone on purpose, not lost")
+        return RunResult(run_id, state.status, state.seq, message, changed=False)
     if state.status == "waiting_for_approval":
         return RunResult(run_id, state.status, state.seq, _waiting_message(run_id), changed=False)
     if not lease_is_free(settings.store_path, run_id):

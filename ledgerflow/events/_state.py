@@ -19,6 +19,7 @@ from ledgerflow.events._run_events import (
     ApprovalRequested,
     CancelRequested,
     CheckpointInvalidated,
+    CheckpointsRemoved,
     CodeChangeAccepted,
     ExecutorAttached,
     Manifest,
@@ -116,6 +117,8 @@ class RunState:
     started_at: str | None = None
     ended_at: str | None = None
     attempts_failed: int = 0
+    #: Checkpoint URIs that retention removed, each with the seq that recorded it.
+    removed_checkpoints: dict[str, int] = field(default_factory=dict)
 
     @property
     def terminal(self) -> bool:
@@ -228,6 +231,11 @@ def _node_completed(state: RunState, event: NodeCompleted, at: str | None) -> No
     node.completed_at = at
 
 
+def _checkpoints_removed(state: RunState, event: CheckpointsRemoved, at: str | None) -> None:
+    for uri in event.uris:
+        state.removed_checkpoints.setdefault(uri, state.seq)
+
+
 def _checkpoint_invalidated(state: RunState, event: CheckpointInvalidated, at: str | None) -> None:
     node = state.nodes[event.node]
     part = node.partitions[event.partition]
@@ -310,6 +318,7 @@ _HANDLERS: dict[type[Event], Any] = {
     NodeAttemptFailed: _attempt_failed,
     NodeCompleted: _node_completed,
     CheckpointInvalidated: _checkpoint_invalidated,
+    CheckpointsRemoved: _checkpoints_removed,
     StateRecorded: _state_recorded,
     RouteTaken: _route_taken,
     ApprovalRequested: _approval_requested,
