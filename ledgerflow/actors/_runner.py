@@ -146,6 +146,7 @@ def ensure_ray(address: str | None, *, log_to_driver: bool = False) -> None:
     """Join ``address`` (or ``$RAY_ADDRESS``) or start a private local Ray for this process."""
     if ray.is_initialized():
         return
+    _send_ray_messages_to_stderr()
     try:
         if address:
             ray.init(address=address, namespace=NAMESPACE, log_to_driver=log_to_driver,
@@ -155,6 +156,27 @@ def ensure_ray(address: str | None, *, log_to_driver: bool = False) -> None:
                      logging_level=logging.ERROR)
     except (ConnectionError, RuntimeError, ValueError) as err:
         raise ConfigurationError(f"cannot connect to Ray at {address or 'a new local cluster'}: {err}") from err
+
+
+def _send_ray_messages_to_stderr() -> None:
+    """Make the driver print Ray's cluster messages (such as a node's death) on stderr.
+
+    Ray prints them on stdout from a background thread, which would break the
+    single JSON object that ``--json`` promises there.
+    NOTE: this wraps a private Ray function. If a Ray release renames it, the
+    wrap is skipped and those messages go to stdout again.
+    """
+    from ray._private import worker
+
+    original = getattr(worker, "print_to_stdstream", None)
+    if original is None or getattr(original, "ledgerflow_wrapped", False):
+        return
+
+    def to_stderr(data: dict[str, Any], ignore_prefix: bool) -> None:
+        original({**data, "is_err": True}, ignore_prefix)
+
+    to_stderr.ledgerflow_wrapped = True  # type: ignore[attr-defined]
+    worker.print_to_stdstream = to_stderr
 
 
 def _actor_name(run_id: str, settings: Settings) -> str:
