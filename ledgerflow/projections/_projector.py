@@ -8,6 +8,7 @@ with the rows, in the same transaction.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import sqlite3
@@ -196,6 +197,10 @@ class Projector:
         """
         conn = self._connect()
         applied = 0
+        # The batches hold many small objects without reference cycles, and the
+        # cycle collector's passes over them took about a quarter of a rebuild's CPU time.
+        collecting = gc.isenabled()
+        gc.disable()
         try:
             identity = await _log_identity(store)
             _check_identity(conn, identity, self.path)
@@ -209,6 +214,8 @@ class Projector:
             if batch:
                 applied += self._apply_batch(conn, batch, store.path)
         finally:
+            if collecting:
+                gc.enable()
             conn.close()
         return applied
 
