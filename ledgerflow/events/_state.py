@@ -37,7 +37,12 @@ from ledgerflow.events._run_events import (
     RunResumed,
     RunStarted,
     StateRecorded,
+    WatermarkAdvanced,
+    WatermarkInherited,
 )
+
+#: The shared-state key prefix of committed watermarks: ``watermark:<source name>``.
+WATERMARK_PREFIX = "watermark:"
 
 #: Statuses that end a run for good.
 TERMINAL_STATUSES = frozenset({"completed", "quarantined", "rejected", "failed", "cancelled"})
@@ -242,6 +247,10 @@ def _state_recorded(state: RunState, event: StateRecorded, at: str | None) -> No
     state.shared[event.key] = event.value
 
 
+def _watermark_set(state: RunState, event: WatermarkInherited | WatermarkAdvanced, at: str | None) -> None:
+    state.shared[WATERMARK_PREFIX + event.name] = event.value
+
+
 def _route_taken(state: RunState, event: RouteTaken, at: str | None) -> None:
     state.routes_taken[event.source] = event
     for name in event.skipped:
@@ -311,6 +320,8 @@ _HANDLERS: dict[type[Event], Any] = {
     NodeCompleted: _node_completed,
     CheckpointInvalidated: _checkpoint_invalidated,
     StateRecorded: _state_recorded,
+    WatermarkInherited: _watermark_set,
+    WatermarkAdvanced: _watermark_set,
     RouteTaken: _route_taken,
     ApprovalRequested: _approval_requested,
     ApprovalGranted: _approval_granted,
