@@ -11,9 +11,13 @@ from ledgerflow.actors._errors import (
     PipelineDefinitionError,
     PipelineImportError,
     RunExistsError,
+    SchemaMismatchError,
 )
 from ledgerflow.actors._files import BadRowError, CsvSource, ParquetSource, SourceError
 from ledgerflow.actors._executor import Executor, ExecutorConfig, RunActor, RunOutcome
+from ledgerflow.actors._parquet_sink import ParquetDataset
+from ledgerflow.actors._postgres_sink import PostgresTable
+from ledgerflow.actors._sql import SqlSource, SqlSourceError
 from ledgerflow.actors._lease import Lease, lease_is_free
 from ledgerflow.actors._loader import canonical_locator, load_pipeline, locator_of
 from ledgerflow.actors._pipeline import (
@@ -59,8 +63,10 @@ __all__ = [
     "Middleware",
     "Node",
     "ParameterError",
+    "ParquetDataset",
     "ParquetSource",
     "Pipeline",
+    "PostgresTable",
     "PipelineDefinitionError",
     "PipelineImportError",
     "Retry",
@@ -70,9 +76,12 @@ __all__ = [
     "RunExistsError",
     "RunOutcome",
     "RunResult",
+    "SchemaMismatchError",
     "Secret",
     "Settings",
     "SourceError",
+    "SqlSource",
+    "SqlSourceError",
     "SqliteTable",
     "Validation",
     "canonical_locator",
