@@ -14,7 +14,7 @@ import pathlib
 import secrets
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -182,6 +182,20 @@ def drive_to_end(home: Home, locator: str, *, run_id: str, params: dict[str, Any
         return drive
 
 
+def postgres_fetch(url: str, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+    """Run one statement on PostgreSQL and return its rows as tuples."""
+    import asyncpg
+
+    async def fetch() -> list[tuple[Any, ...]]:
+        conn = await asyncpg.connect(url)
+        try:
+            return [tuple(row) for row in await conn.fetch(sql, *args)]
+        finally:
+            await conn.close()
+
+    return asyncio.run(fetch())
+
+
 class Helpers:
     """The module-level helpers of this file, for test modules (which cannot import it)."""
 
@@ -191,6 +205,7 @@ class Helpers:
     read_trace = staticmethod(read_trace)
     flip_byte = staticmethod(flip_byte)
     drive_to_end = staticmethod(drive_to_end)
+    postgres_fetch = staticmethod(postgres_fetch)
 
 
 @pytest.fixture(scope="session")
@@ -246,3 +261,63 @@ def etl_reference(tmp_path_factory: pytest.TempPathFactory, ray_address: str) ->
     assert result.status == "completed", result.message
     return Reference(run_id="etl-reference", home=home, events=home.events("etl-reference"),
                      trace=read_trace(trace), rows=home.rows("amounts", order_by="order_id"))
+
+
+# PostgreSQL
+
+POSTGRES_HOST = "127.0.0.1:5432"
+POSTGRES_USERS = ("postgres", "root")
+
+
+def _postgres_url() -> str | None:
+    """Return the URL of the local test database for the first user that can connect, else None."""
+    import asyncpg
+
+    async def probe(url: str) -> bool:
+        try:
+            conn = await asyncpg.connect(url, timeout=5)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError):
+            return False
+        await conn.close()
+        return True
+
+    for user in POSTGRES_USERS:
+        url = f"postgresql://{user}@{POSTGRES_HOST}/test"
+        if asyncio.run(probe(url)):
+            return url
+    return None
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    """The URL of database ``test`` on the local PostgreSQL server.
+
+    Tests that need it skip when no server is reachable, except with
+    ``CI=true``, where they fail: CI must run them.
+    """
+    url = _postgres_url()
+    if url is None:
+        message = f"no PostgreSQL server accepts users {', '.join(POSTGRES_USERS)} at {POSTGRES_HOST}/test"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message + " (CI=true requires PostgreSQL tests to run)")
+        pytest.skip(message)
+    return url
+
+
+@pytest.fixture
+def postgres_schema(postgres_url: str) -> Iterator[str]:
+    """A fresh schema of the test database, dropped with everything in it after the test."""
+    import asyncpg
+
+    name = f"lf_test_{secrets.token_hex(6)}"
+
+    async def execute(sql: str) -> None:
+        conn = await asyncpg.connect(postgres_url)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(execute(f'CREATE SCHEMA "{name}"'))
+    yield name
+    asyncio.run(execute(f'DROP SCHEMA "{name}" CASCADE'))
