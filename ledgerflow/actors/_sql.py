@@ -18,7 +18,7 @@ the same ranges as the run that started.
 Connection URLs: ``sqlite:///relative.db``, ``sqlite:////absolute.db`` or
 ``postgresql://user[:password]@host[:port]/database``. Logs and reports show
 the URL with its password replaced by ``***``. The PostgreSQL driver is
-asyncpg, run on an event loop of the reading thread.
+asyncpg, run on an event loop in a thread of its own.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import decimal
 import os
 import re
 import sqlite3
+import threading
 import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -147,20 +148,28 @@ def quote_identifier(name: str) -> str:
 
 
 class EventLoopThread:
-    """An event loop owned by the calling thread, to drive asyncpg from synchronous code.
+    """An event loop in a thread of its own, to drive asyncpg from synchronous code.
 
-    NOTE: ``run`` fails inside a thread whose event loop is already running
-    (a notebook cell, an async actor). Call the source from a Ray task or a
-    worker thread there.
+    A thread of its own, because the caller may already run a loop (the
+    executor's async actor resolves partitions, a notebook runs cells).
     """
 
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="ledgerflow-asyncpg", daemon=True)
+        self.thread.start()
 
     def run(self, awaitable: Any) -> Any:
-        return self.loop.run_until_complete(awaitable)
+        """Wait for ``awaitable`` on the loop's thread and return its result."""
+
+        async def wait() -> Any:
+            return await awaitable
+
+        return asyncio.run_coroutine_threadsafe(wait(), self.loop).result()
 
     def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join()
         self.loop.close()
 
 

@@ -13,6 +13,7 @@ import os
 import pathlib
 import secrets
 import sqlite3
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -25,6 +26,13 @@ from ledgerflow.actors import ExecutorDiedError, lease_is_free
 from ledgerflow.events import Event, open_store
 
 PIPELINES = pathlib.Path(__file__).parent / "pipelines"
+
+#: Where ``pipelines/sql_targets.py`` reads and loads: a PostgreSQL URL (set by the
+#: ``postgres_url`` fixture's probe, so left unset here), a schema and a dataset
+#: directory. Set before the session's Ray starts, so that workers inherit them.
+POSTGRES_URL_ENV = "LEDGERFLOW_TEST_POSTGRES_URL"
+os.environ.setdefault("LEDGERFLOW_TEST_POSTGRES_SCHEMA", f"lf_test_targets_{secrets.token_hex(4)}")
+os.environ.setdefault("LEDGERFLOW_TEST_DATASET", os.path.join(tempfile.mkdtemp(prefix="lf-test-dataset-"), "items"))
 
 #: An environment variable containing a secret for ``test_secrets.py``. Ray's
 #: workers inherit the environment of the process that starts Ray, and the
@@ -288,6 +296,12 @@ def _postgres_url() -> str | None:
     return None
 
 
+#: Probed once at import, before the session's Ray starts, so that workers inherit the URL.
+FOUND_POSTGRES_URL = _postgres_url()
+if FOUND_POSTGRES_URL is not None:
+    os.environ.setdefault(POSTGRES_URL_ENV, FOUND_POSTGRES_URL)
+
+
 @pytest.fixture(scope="session")
 def postgres_url() -> str:
     """The URL of database ``test`` on the local PostgreSQL server.
@@ -295,7 +309,7 @@ def postgres_url() -> str:
     Tests that need it skip when no server is reachable, except with
     ``CI=true``, where they fail: CI must run them.
     """
-    url = _postgres_url()
+    url = FOUND_POSTGRES_URL
     if url is None:
         message = f"no PostgreSQL server accepts users {', '.join(POSTGRES_USERS)} at {POSTGRES_HOST}/test"
         if os.environ.get("CI") == "true":

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import json
+import os
+import shutil
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pytest
 
@@ -175,3 +179,45 @@ def test_parquet_sink_any_filesystem_uri(tmp_path):
 
     assert load_into_parquet(target, ROWS, **_where()) == (2, False)
     assert load_into_parquet(target, ROWS, **_where()) == (2, True)
+
+
+# Through a run
+
+
+@pytest.fixture
+def targets_schema(postgres_url, helpers):
+    schema = os.environ["LEDGERFLOW_TEST_POSTGRES_SCHEMA"]
+    helpers.postgres_fetch(postgres_url, f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    helpers.postgres_fetch(postgres_url, f'CREATE SCHEMA "{schema}"')
+    helpers.postgres_fetch(postgres_url, f'CREATE TABLE "{schema}".items (id bigint, name text)')
+    helpers.postgres_fetch(postgres_url, f"""INSERT INTO "{schema}".items SELECT g, 'item ' || g """
+                                         "FROM generate_series(1, 30) AS g")
+    shutil.rmtree(os.environ["LEDGERFLOW_TEST_DATASET"], ignore_errors=True)
+    yield schema
+    helpers.postgres_fetch(postgres_url, f'DROP SCHEMA "{schema}" CASCADE')
+    shutil.rmtree(os.environ["LEDGERFLOW_TEST_DATASET"], ignore_errors=True)
+
+
+@pytest.mark.postgres
+def test_run_loads_postgres_and_parquet_once(home, helpers, postgres_url, targets_schema):
+    locator = helpers.pipeline_locator("sql_targets.py")
+    reference = lf.start_run(locator, run_id="probe", settings=home.settings, max_in_flight=1)
+    first_load = next(logged.seq for logged in home.events("probe")
+                      if logged.type == "PartitionCompleted" and logged.event.node == "copy_to_postgres")
+
+    drive = helpers.drive_to_end(home, locator, run_id="crashed", params={}, fault_exit_after_seq=first_load)
+
+    assert reference.status == "completed", reference.message
+    assert drive.result.status == "completed", drive.result.message
+    assert drive.crashes == 1
+    counts = helpers.postgres_fetch(postgres_url, f'SELECT count(*), count(DISTINCT id) FROM "{targets_schema}".items_copy')
+    assert counts == [(60, 30)]
+    markers = helpers.postgres_fetch(postgres_url, f'SELECT run_id, count(*) FROM "{targets_schema}"._ledgerflow_loads '
+                                                   "GROUP BY run_id ORDER BY run_id")
+    assert markers == [("crashed", 3), ("probe", 3)]
+    dataset = pads.dataset(os.environ["LEDGERFLOW_TEST_DATASET"], partitioning="hive").to_table()
+    assert dataset.num_rows == 60
+    assert sorted(dataset.filter(pc.equal(dataset["run"], "crashed"))["id"].to_pylist()) == list(range(1, 31))
+    reports = json.dumps([event.report for event in home.of_type("crashed", "PartitionCompleted")])
+    assert "Secret(env:LEDGERFLOW_TEST_POSTGRES_URL)" in reports
+    assert postgres_url not in reports
