@@ -28,7 +28,7 @@ logger = structlog.get_logger("ledgerflow.sinks")
 MODES = ("append", "replace")
 _BATCH_ROWS = 50_000
 
-#: Type names as ``information_schema.columns.data_type`` spells them, which one name stands for.
+#: Synonyms in ``information_schema.columns.data_type``, mapped to the name that schema checks compare.
 _SAME_TYPES = {"character varying": "text", "character": "text"}
 
 
@@ -65,6 +65,10 @@ class PostgresTable:
             raise SqlSourceError(f"PostgresTable {self.table!r} needs a postgresql:// URL, not "
                                  f"{mask_url(self.url)!r}: use lf.SqliteTable for SQLite")
 
+    def __repr__(self) -> str:
+        return (f"PostgresTable({self.table!r}, url={display_url(self.url)!r}, schema={self.schema!r}, "
+                f"mode={self.mode!r}, partition_column={self.partition_column!r})")
+
     def describe(self) -> str:
         """Return the target for logs and reports, with any password masked."""
         return f"PostgreSQL table {self.schema}.{self.table} at {display_url(self.url)}"
@@ -74,7 +78,7 @@ def postgres_type(arrow_type: pa.DataType) -> str:
     """Map an Arrow type to the PostgreSQL type of a created column.
 
     Raises:
-        SqlSourceError: No PostgreSQL type holds the Arrow type's values.
+        SqlSourceError: No PostgreSQL column type stores the Arrow type's values.
     """
     if pa.types.is_dictionary(arrow_type):
         return postgres_type(arrow_type.value_type)

@@ -196,7 +196,7 @@ def _as_key_value(value: Any, column: str) -> int | dt.date:
     if isinstance(value, int):
         return value
     if isinstance(value, dt.datetime):
-        raise SqlSourceError(f"key column {column!r} holds timestamps: partition by an integer or date column, "
+        raise SqlSourceError(f"key column {column!r} contains timestamps: partition by an integer or date column, "
                              "or by a date computed in the query")
     if isinstance(value, dt.date):
         return value
@@ -332,7 +332,7 @@ class SqlSource:
         watermark: A column that grows as rows are added or changed. With a
             watermark, :meth:`read` needs the node's context. It reads only rows
             whose watermark is greater than the run's, and records the maximum it
-            read; the run advances its watermark to that maximum once every load
+            read. The run advances its watermark to that maximum once every load
             has committed.
         password: A secret that replaces the URL's password.
         schema: Arrow types for some or all columns, overriding the mapping from
@@ -453,9 +453,9 @@ class SqlSource:
                 "context: call read(partition, context=context)"
             )
         url = resolve_url(self.url, self.password)
-        shown = mask_url(url)
+        masked_url = mask_url(url)
         since = context.state.get(committed_key(self.name)) if context is not None and self.watermark else None
-        log = logger.bind(source=self.name, url=shown, partition=partition)
+        log = logger.bind(source=self.name, url=masked_url, partition=partition)
         log.info("sql read started", watermark=since)
         tracker = _MaxTracker(self.watermark)
         rows = 0

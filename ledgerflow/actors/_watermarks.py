@@ -52,7 +52,8 @@ def advance_events(state: RunState) -> list[WatermarkAdvanced]:
     for key, value in state.shared.items():
         if not key.startswith(PENDING_PREFIX) or value is None:
             continue
-        name = key[len(PENDING_PREFIX):].rsplit(":", 1)[0]
+        # Source names contain no ":", but partition keys may.
+        name = key[len(PENDING_PREFIX):].split(":", 1)[0]
         pending.setdefault(name, []).append(value)
     events = []
     for name, values in sorted(pending.items()):

@@ -137,7 +137,7 @@ class WatermarkInherited(Event):
     """A new run starting from the watermark that an earlier run of the same pipeline advanced.
 
     ``from_run_id`` and ``from_seq`` locate that run's ``WatermarkAdvanced``
-    event, so a replay does not depend on which runs the log holds later.
+    event, so a replay does not depend on which runs the log contains later.
     """
 
     name: str

@@ -27,9 +27,9 @@ from ledgerflow.events import Event, open_store
 
 PIPELINES = pathlib.Path(__file__).parent / "pipelines"
 
-#: Where ``pipelines/sql_targets.py`` reads and loads: a PostgreSQL URL (set by the
-#: ``postgres_url`` fixture's probe, so left unset here), a schema and a dataset
-#: directory. Set before the session's Ray starts, so that workers inherit them.
+#: Where ``pipelines/sql_targets.py`` reads and loads: a PostgreSQL URL (set below,
+#: after probing the server), a schema and a dataset directory. They are set at
+#: import, before the session's Ray starts, so that workers inherit them.
 POSTGRES_URL_ENV = "LEDGERFLOW_TEST_POSTGRES_URL"
 os.environ.setdefault("LEDGERFLOW_TEST_POSTGRES_SCHEMA", f"lf_test_targets_{secrets.token_hex(4)}")
 os.environ.setdefault("LEDGERFLOW_TEST_DATASET", os.path.join(tempfile.mkdtemp(prefix="lf-test-dataset-"), "items"))

@@ -10,6 +10,7 @@ import ledgerflow as lf
 from ledgerflow.actors import ExecutorDiedError
 from ledgerflow.actors._checkpoints import read_checkpoint
 from ledgerflow.actors._sinks import load_into_sqlite
+from ledgerflow.projections._history import projections_path
 
 PIPELINE = "incremental.py"
 
@@ -152,3 +153,20 @@ def test_crash_at_every_event_neither_skips_nor_duplicates(home, make_home, help
         assert _loaded_ids(crashed) == list(range(1, 16)), f"k={k}: rows skipped or loaded twice"
         assert [event.value for event in crashed.of_type("first", "WatermarkAdvanced")] == [10], f"k={k}"
         assert [event.value for event in crashed.of_type("second", "WatermarkInherited")] == [10], f"k={k}"
+
+
+
+def test_watermark_in_read_model(home, helpers, tmp_path):
+    database = tmp_path / "source.db"
+    _add_orders(database, range(1, 4))
+    _run(home, helpers, "orders-1", database)
+    _run(home, helpers, "orders-2", database)
+
+    lf.history("orders-2", home=home.settings.home).nodes()  # catches the read models up
+    with sqlite3.connect(projections_path(home.settings.store_url)) as conn:
+        rows = conn.execute("SELECT run_id, value, seq FROM shared_state WHERE key = 'watermark:orders' "
+                            "ORDER BY run_id").fetchall()
+    conn.close()
+
+    assert rows == [("orders-1", "3", _seq_of(home, "orders-1", "WatermarkAdvanced")),
+                    ("orders-2", "3", _seq_of(home, "orders-2", "WatermarkInherited"))]

@@ -1,7 +1,7 @@
 """A PostgreSQL table read in three key ranges and loaded into a PostgreSQL table and a Parquet dataset.
 
-The URL is a secret that Ray workers read from their environment; the schema
-and the dataset directory come from the environment that the test conftest sets.
+The URL is a secret that Ray workers read from their environment. The schema
+and the dataset directory come from environment variables set by tests/actors/conftest.py.
 """
 
 from __future__ import annotations
