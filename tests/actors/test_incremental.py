@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 
 import pytest
@@ -170,3 +171,31 @@ def test_watermark_in_read_model(home, helpers, tmp_path):
 
     assert rows == [("orders-1", "3", _seq_of(home, "orders-1", "WatermarkAdvanced")),
                     ("orders-2", "3", _seq_of(home, "orders-2", "WatermarkInherited"))]
+
+
+@pytest.mark.postgres
+def test_postgres_timestamp_watermark_runs(home, helpers, postgres_url):
+    schema = os.environ["LEDGERFLOW_TEST_POSTGRES_SCHEMA"]
+    helpers.postgres_fetch(postgres_url, f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+    try:
+        helpers.postgres_fetch(postgres_url, f'CREATE TABLE "{schema}".events (id bigint, happened_at timestamptz)')
+        insert = (f"""INSERT INTO "{schema}".events SELECT g, timestamptz '2024-03-31 00:30+00' + g * interval """
+                  """'1 second' FROM generate_series($1::int, $2::int) AS g""")
+        helpers.postgres_fetch(postgres_url, insert, 1, 5)
+        locator = helpers.pipeline_locator("incremental_postgres.py")
+
+        first = lf.start_run(locator, run_id="events-1", settings=home.settings)
+        helpers.postgres_fetch(postgres_url, insert, 6, 8)
+        second = lf.start_run(locator, run_id="events-2", settings=home.settings)
+    finally:
+        helpers.postgres_fetch(postgres_url, f'DROP SCHEMA "{schema}" CASCADE')
+
+    assert first.status == "completed", first.message
+    assert second.status == "completed", second.message
+    assert [row[0] for row in home.rows("events_copy", order_by="id")] == list(range(1, 9))
+    assert [event.value for event in home.of_type("events-1", "WatermarkAdvanced")] == [
+        "2024-03-31T00:30:05.000000+00:00"]
+    inherited = home.of_type("events-2", "WatermarkInherited")
+    assert [(event.value, event.from_run_id) for event in inherited] == [
+        ("2024-03-31T00:30:05.000000+00:00", "events-1")]
+    assert home.state("events-2").nodes["warehouse"].partitions[""].report["loaded_rows"] == 3
