@@ -71,6 +71,9 @@ async def inherited_events(store: EventStore, pipeline_name: str, *, run_id: str
     Scans every stream of the store, decoding only each stream's
     ``RunStarted`` and its ``WatermarkAdvanced`` events. The latest event per
     source name wins, ordered by the store's global position.
+
+    NOTE: The scan reads the first event of every stream, so starting a run
+    takes longer as the store gains runs.
     """
     latest: dict[str, tuple[int, str, int, Any]] = {}
     for head in await store.list_streams():
