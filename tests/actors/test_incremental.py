@@ -130,7 +130,7 @@ def test_marker_committed_before_log_not_duplicated(home, helpers, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_crash_at_every_event_neither_skips_nor_duplicates(home, make_home, helpers, tmp_path):
+def test_crash_anywhere_loads_rows_once(home, make_home, helpers, tmp_path):
     database = tmp_path / "source.db"
     _add_orders(database, range(1, 11))
     reference = _run(home, helpers, "reference", database, max_in_flight=1)
