@@ -51,9 +51,10 @@ def test_events_import_does_not_load_ray():
 def test_public_api_exports():
     assert sorted(ledgerflow.__all__) == [
         "CodeChangedError", "ConfigurationError", "Context", "CsvSource", "DecisionRefusedError", "History", "LeaseHeldError",
-        "LedgerflowError", "Middleware", "ParameterError", "ParquetSource", "Pipeline", "PipelineDefinitionError",
-        "PipelineImportError", "Retry", "RouteInput", "RunExistsError", "RunResult", "RunState", "Secret",
-        "Settings", "SqliteTable", "TamperedLogError", "UsageError", "Validation", "__version__", "cancel",
+        "LedgerflowError", "Middleware", "ParameterError", "ParquetDataset", "ParquetSource", "Pipeline",
+        "PipelineDefinitionError", "PipelineImportError", "PostgresTable", "Retry", "RouteInput", "RunExistsError",
+        "RunResult", "RunState", "SchemaMismatchError", "Secret", "Settings", "SqlSource", "SqliteTable",
+        "TamperedLogError", "UsageError", "Validation", "__version__", "cancel",
         "cancel_run", "decide", "history", "load_state", "resume", "resume_run", "run", "start_run",
     ]
     for name in ledgerflow.__all__:

@@ -12,7 +12,10 @@ The graph:
   and ``NA`` read as null, and ``flights`` splits it into one partition per
   month. The file does not store the months apart, so 12 tasks that each read
   it would parse all 31 MB of CSV 12 times.
-- ``weather``, ``planes``, ``airlines`` and ``airports`` read the lookup tables.
+- ``weather``, ``planes``, ``airlines`` and ``airports`` read the lookup tables
+  with :class:`ledgerflow.CsvSource`, which raises at the first row that does
+  not fit the declared types, because a dropped lookup row would silently
+  change the joins.
 - ``enriched`` adds, per month, each flight's carrier name, origin and
   destination airport names, plane and the weather at its origin at its
   scheduled hour. Every join is a left join, so a flight without a match keeps
@@ -126,7 +129,11 @@ def _csv_options(column_types: dict[str, pa.DataType]) -> pcsv.ConvertOptions:
 
 
 def read_flights(directory: Path, months: Sequence[int] | None = None) -> pa.Table:
-    """Read ``flights.csv`` from the zip archive in ``directory``, keeping only ``months`` (None: all)."""
+    """Read ``flights.csv`` from the zip archive in ``directory``, keeping only ``months`` (None: all).
+
+    The archive is read here and not by ``lf.CsvSource``, which decompresses
+    streams (``.gz``, ``.bz2``, ``.zst``) but does not open zip archives.
+    """
     with zipfile.ZipFile(directory / "flights.csv.zip") as archive:
         data = archive.read("flights.csv")
     table = pcsv.read_csv(pa.py_buffer(data), convert_options=_csv_options(FLIGHTS_TYPES))
@@ -136,8 +143,17 @@ def read_flights(directory: Path, months: Sequence[int] | None = None) -> pa.Tab
 
 
 def read_lookup(directory: Path, name: str) -> pa.Table:
-    """Read one lookup table (weather, planes, airlines or airports) from ``directory``."""
-    return pcsv.read_csv(directory / f"{name}.csv", convert_options=_csv_options(LOOKUP_TYPES[name]))
+    """Read one lookup table (weather, planes, airlines or airports) from ``directory``.
+
+    ``NA`` and empty fields are null in typed columns. Text columns keep them
+    as written, so the three airports without a time zone have ``tzone`` "NA".
+
+    Raises:
+        ledgerflow.actors.BadRowError: A row does not fit :data:`LOOKUP_TYPES`.
+    """
+    source = lf.CsvSource(str(directory / f"{name}.csv"), schema=pa.schema(LOOKUP_TYPES[name]),
+                          null_values=("NA", ""), fail_on_bad_rows=True)
+    return source.read(f"{name}.csv").valid
 
 
 # Transforming

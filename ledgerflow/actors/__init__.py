@@ -11,6 +11,7 @@ from ledgerflow.actors._errors import (
     PipelineDefinitionError,
     PipelineImportError,
     RunExistsError,
+    SchemaMismatchError,
 )
 from ledgerflow.actors._files import BadRowError, CsvSource, ParquetSource, SourceError
 from ledgerflow.actors._executor import Executor, ExecutorConfig, RunActor, RunOutcome
@@ -21,6 +22,9 @@ from ledgerflow.actors._gc import (
     check_run_checkpoints,
     collect_garbage,
 )
+from ledgerflow.actors._parquet_sink import ParquetDataset
+from ledgerflow.actors._postgres_sink import PostgresTable
+from ledgerflow.actors._sql import SqlSource, SqlSourceError
 from ledgerflow.actors._lease import Lease, lease_is_free
 from ledgerflow.actors._loader import canonical_locator, load_pipeline, locator_of
 from ledgerflow.actors._pipeline import (
@@ -69,8 +73,10 @@ __all__ = [
     "Middleware",
     "Node",
     "ParameterError",
+    "ParquetDataset",
     "ParquetSource",
     "Pipeline",
+    "PostgresTable",
     "PipelineDefinitionError",
     "PipelineImportError",
     "Retry",
@@ -80,9 +86,12 @@ __all__ = [
     "RunExistsError",
     "RunOutcome",
     "RunResult",
+    "SchemaMismatchError",
     "Secret",
     "Settings",
     "SourceError",
+    "SqlSource",
+    "SqlSourceError",
     "SqliteTable",
     "Validation",
     "cancel_run",

@@ -95,3 +95,24 @@ class CheckpointCorruptError(LedgerflowError):
 
 class ConfigurationError(UsageError):
     """Raised when the home, store, checkpoint location or cluster settings cannot work together."""
+
+
+class SchemaMismatchError(UsageError):
+    """Raised before a load writes any row when the target's columns do not fit the rows.
+
+    ``column`` is the first column that differs, ``expected`` the type the
+    rows need and ``found`` the type in the target (None: the column is missing).
+    """
+
+    def __init__(self, *, target: str, column: str, expected: str, found: str | None) -> None:
+        if found is None:
+            message = (f"target {target} has no column {column!r}, which the rows have as {expected}: "
+                       "add the column to the target, or leave it out in the load node")
+        else:
+            message = (f"target {target} has column {column!r} as {found}, but the rows have it as {expected}: "
+                       f"drop or alter the target to match, or cast {column!r} to {found} in the load node")
+        super().__init__(message)
+        self.target = target
+        self.column = column
+        self.expected = expected
+        self.found = found

@@ -31,6 +31,7 @@ from ledgerflow.actors._loader import load_pipeline
 from ledgerflow.actors._logging import configure_logging
 from ledgerflow.actors._pipeline import REJECTED_SUFFIX, WHOLE, Pipeline, RouteInput, changed_nodes
 from ledgerflow.actors._tasks import InputPart, InputSpec, TaskRequest, execute_partition, sample_checkpoints
+from ledgerflow.actors._watermarks import advance_events, inherited_events
 from ledgerflow.events import (
     ApprovalRequested,
     CheckpointInvalidated,
@@ -219,8 +220,12 @@ class Executor:
         if await self.store.head(self.config.run_id) is not None:
             raise RunExistsError(self.config.run_id)
         self.pipeline = load_pipeline(self.config.start.locator)
+        inherited = await inherited_events(self.store, self.config.start.pipeline, run_id=self.config.run_id)
+        for event in inherited:
+            self.log.info("watermark inherited", source=event.name, from_run_id=event.from_run_id,
+                          from_seq=event.from_seq)
         try:
-            await self._append([self.config.start, attached], expected_version=0)
+            await self._append([self.config.start, attached, *inherited], expected_version=0)
         except ConcurrencyError as err:
             raise RunExistsError(self.config.run_id) from err
         self.log.info("run started", pipeline=self.config.start.pipeline, submitter=self.config.start.submitter)
@@ -430,8 +435,13 @@ class Executor:
         loaded = sum(part.report.get("loaded_rows", 0) for name, node in self.state.nodes.items()
                      if self.pipeline.nodes[name].kind == "load" for part in node.partitions.values())
         duration = _seconds_since(self.state.started_at)
+        # Every load has committed its marker by now, so the watermarks may move
+        # past the rows they loaded, in the same batch as RunCompleted.
+        advanced = advance_events(self.state)
+        for event in advanced:
+            self.log.info("watermark advanced", source=event.name)
         self.log.info("run completed", rows_loaded=loaded)
-        return [RunCompleted(rows_loaded=loaded, duration_s=duration)]
+        return [*advanced, RunCompleted(rows_loaded=loaded, duration_s=duration)]
 
     def _dispatch_ready(self) -> None:
         assert self.pipeline is not None

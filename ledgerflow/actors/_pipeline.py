@@ -31,6 +31,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ledgerflow.actors._context import Secret
 from ledgerflow.actors._errors import ParameterError, PipelineDefinitionError
+from ledgerflow.actors._parquet_sink import ParquetDataset
+from ledgerflow.actors._postgres_sink import PostgresTable
+from ledgerflow.actors._sql import display_url
 from ledgerflow.events import NodeSpec, RouteSpec
 
 KINDS = ("extract", "transform", "validate", "approval", "load", "step")
@@ -107,6 +110,10 @@ class SqliteTable:
     key: tuple[str, ...] | None = None
 
 
+LoadTarget = typing.Union[SqliteTable, PostgresTable, ParquetDataset]
+LOAD_TARGETS = (SqliteTable, PostgresTable, ParquetDataset)
+
+
 @dataclass
 class Node:
     """One node of a pipeline graph."""
@@ -119,7 +126,7 @@ class Node:
     partitions: Iterable[Any] | Callable[[Any], Iterable[Any]] | None = None
     partitioned_like: str | None = None
     retry: Retry = field(default_factory=Retry)
-    target: SqliteTable | None = None
+    target: LoadTarget | None = None
     quarantine: str | None = None
     max_rejected_share: float | None = None
     reviewers: tuple[str, ...] | None = None
@@ -282,9 +289,10 @@ class Pipeline:
         retry = options.get("retry") or Retry()
         if isinstance(retry, Mapping):
             retry = Retry(**retry)
-        if kind == "load" and not isinstance(options.get("target"), SqliteTable):
+        if kind == "load" and not isinstance(options.get("target"), LOAD_TARGETS):
             raise PipelineDefinitionError(
-                f"load node {name!r} needs target=lf.SqliteTable(...)", node=name
+                f"load node {name!r} has target={options.get('target')!r}: use lf.SqliteTable(...), "
+                "lf.PostgresTable(...) or lf.ParquetDataset(...)", node=name
             )
         share = options.get("max_rejected_share")
         if share is not None and not 0 <= share <= 1:
@@ -578,10 +586,15 @@ def _coerce_text(value: Any, annotation: Any) -> Any:
     return value
 
 
-def _target_shape(target: SqliteTable | None) -> Any:
+def _target_shape(target: LoadTarget | None) -> Any:
     """Describe a load target by value: a function's repr holds its address, which changes every import."""
     if target is None:
         return None
+    if isinstance(target, PostgresTable):
+        return {"postgres_table": target.table, "schema": target.schema, "url": display_url(target.url),
+                "mode": target.mode, "partition_column": target.partition_column}
+    if isinstance(target, ParquetDataset):
+        return {"parquet_dataset": target.uri}
     database = target.database
     return {"table": target.table, "key": target.key,
             "database": _source_of(database) if callable(database) else database}

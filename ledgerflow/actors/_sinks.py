@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ledgerflow.actors._errors import ConfigurationError
+from ledgerflow.actors._errors import ConfigurationError, SchemaMismatchError
 
 MARKER_TABLE = "_ledgerflow_loads"
 _BATCH_ROWS = 50_000
@@ -26,6 +26,43 @@ def sqlite_type(arrow_type: pa.DataType) -> str:
     if pa.types.is_binary(arrow_type) or pa.types.is_large_binary(arrow_type):
         return "BLOB"
     return "TEXT"
+
+
+def sqlite_affinity(declared: str) -> str:
+    """Return the column affinity SQLite derives from a declared type, by its substring rules."""
+    text = declared.upper()
+    if "INT" in text:
+        return "INTEGER"
+    if "CHAR" in text or "CLOB" in text or "TEXT" in text:
+        return "TEXT"
+    if "BLOB" in text or not text:
+        return "BLOB"
+    if "REAL" in text or "FLOA" in text or "DOUB" in text:
+        return "REAL"
+    return "NUMERIC"
+
+
+def check_sqlite_schema(conn: sqlite3.Connection, target: str, table_name: str, schema: pa.Schema) -> None:
+    """Raise SchemaMismatchError if an existing table lacks a column of ``schema`` or stores it otherwise.
+
+    Types compare by affinity, so a ``VARCHAR(20)`` column takes text. A
+    NUMERIC column takes integers and reals, and a column of nulls fits any
+    type. Columns only the table has are left alone.
+    """
+    found = {row[1]: row[2] or "" for row in conn.execute(f"PRAGMA table_info({_quote(table_name)})")}
+    if not found:
+        return
+    for field in schema:
+        expected = sqlite_type(field.type)
+        declared = found.get(field.name)
+        if declared is None:
+            raise SchemaMismatchError(target=target, column=field.name, expected=expected, found=None)
+        if pa.types.is_null(field.type):
+            continue
+        affinity = sqlite_affinity(declared)
+        if affinity != expected and not (affinity == "NUMERIC" and expected in ("INTEGER", "REAL")):
+            raise SchemaMismatchError(target=target, column=field.name, expected=expected,
+                                      found=declared or "no declared type")
 
 
 def _quote(name: str) -> str:
@@ -100,6 +137,7 @@ def load_into_sqlite(database: str, table_name: str, data: pa.Table, *, run_id: 
             return int(marker[0]), True
 
         ready = _sqlite_ready(data)
+        check_sqlite_schema(conn, f"SQLite table {table_name!r} in {database}", table_name, ready.schema)
         columns = ", ".join(f"{_quote(field.name)} {sqlite_type(field.type)}" for field in ready.schema)
         conn.execute(f"CREATE TABLE IF NOT EXISTS {_quote(table_name)} ({columns})")
         verb = "INSERT"

@@ -25,7 +25,9 @@ from ledgerflow.actors._context import (
     run_with_middleware,
 )
 from ledgerflow.actors._logging import configure_logging
-from ledgerflow.actors._pipeline import Node, Pipeline, Validation
+from ledgerflow.actors._parquet_sink import ParquetDataset, load_into_parquet
+from ledgerflow.actors._pipeline import LoadTarget, Node, Pipeline, Validation
+from ledgerflow.actors._postgres_sink import PostgresTable, load_into_postgres
 from ledgerflow.actors._sinks import load_into_sqlite
 from ledgerflow.events import Manifest
 
@@ -118,6 +120,25 @@ def _call_node(pipeline: Pipeline, node: Node, request: TaskRequest, tables: dic
     return result, recorded
 
 
+def _load(pipeline: Pipeline, target: LoadTarget, data: pa.Table, request: TaskRequest
+          ) -> tuple[int, bool, dict[str, Any]]:
+    """Load one partition into its target; return the rows, whether it was loaded before, and a report."""
+    where = {"run_id": request.run_id, "node": request.node, "partition": request.partition}
+    if isinstance(target, PostgresTable):
+        rows, already = load_into_postgres(target, data, **where)
+        return rows, already, {"target": target.describe(), "table": target.table}
+    if isinstance(target, ParquetDataset):
+        rows, already = load_into_parquet(target, data, **where)
+        return rows, already, {"target": target.describe(), "uri": target.uri}
+    params = pipeline.params_model.model_validate(request.params)
+    database = target.database
+    if callable(database):
+        database = database(params)
+    database = database or request.warehouse
+    rows, already = load_into_sqlite(database, target.table, data, key=target.key, **where)
+    return rows, already, {"database": database, "table": target.table}
+
+
 @ray.remote(max_retries=0)
 def execute_partition(pipeline: Pipeline, request: TaskRequest, *live_tables: pa.Table) -> tuple[dict[str, Any], Any]:
     """Run one attempt of one partition and checkpoint its output.
@@ -153,15 +174,9 @@ def execute_partition(pipeline: Pipeline, request: TaskRequest, *live_tables: pa
     elif node.kind == "load":
         assert node.target is not None
         data = to_table(result, node=request.node)
-        params = pipeline.params_model.model_validate(request.params)
-        database = node.target.database
-        if callable(database):
-            database = database(params)
-        database = database or request.warehouse
-        rows, already = load_into_sqlite(database, node.target.table, data, run_id=request.run_id,
-                                         node=request.node, partition=request.partition, key=node.target.key)
+        rows, already, report = _load(pipeline, node.target, data, request)
         info["already_loaded"] = already
-        info["report"] = {"loaded_rows": rows, "database": database, "table": node.target.table}
+        info["report"] = {"loaded_rows": rows, **report}
     elif result is not None:
         output = to_table(result, node=request.node)
         info["manifest"] = store.write(output, **where)

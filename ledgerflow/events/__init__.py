@@ -63,10 +63,13 @@ from ledgerflow.events._run_events import (
     RunStarted,
     StateRecorded,
     TERMINAL_EVENTS,
+    WatermarkAdvanced,
+    WatermarkInherited,
 )
 from ledgerflow.events._sqlite import SqliteEventStore
 from ledgerflow.events._state import (
     TERMINAL_STATUSES,
+    WATERMARK_PREFIX,
     GateState,
     NodeState,
     PartitionState,
@@ -142,6 +145,9 @@ __all__ = [
     "UnknownEventTypeError",
     "UsageError",
     "VerifyReport",
+    "WATERMARK_PREFIX",
+    "WatermarkAdvanced",
+    "WatermarkInherited",
     "ZERO_HASH",
     "apply",
     "chain_step",

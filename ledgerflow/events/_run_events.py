@@ -133,6 +133,30 @@ class StateRecorded(Event):
     value: Any
 
 
+class WatermarkInherited(Event):
+    """A new run starting from the watermark that an earlier run of the same pipeline advanced.
+
+    ``from_run_id`` and ``from_seq`` locate that run's ``WatermarkAdvanced``
+    event, so a replay does not depend on which runs the log contains later.
+    """
+
+    name: str
+    value: Any
+    from_run_id: str
+    from_seq: int
+
+
+class WatermarkAdvanced(Event):
+    """An incremental source's watermark moved to the maximum value loaded by this run.
+
+    Recorded in the batch that completes the run, after every load marker is committed.
+    """
+
+    name: str
+    value: Any
+    previous: Any = None
+
+
 class RouteTaken(Event):
     source: str
     route: str

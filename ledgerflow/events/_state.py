@@ -38,7 +38,12 @@ from ledgerflow.events._run_events import (
     RunResumed,
     RunStarted,
     StateRecorded,
+    WatermarkAdvanced,
+    WatermarkInherited,
 )
+
+#: The shared-state key prefix of committed watermarks: ``watermark:<source name>``.
+WATERMARK_PREFIX = "watermark:"
 
 #: Statuses that end a run for good.
 TERMINAL_STATUSES = frozenset({"completed", "quarantined", "rejected", "failed", "cancelled"})
@@ -250,6 +255,10 @@ def _state_recorded(state: RunState, event: StateRecorded, at: str | None) -> No
     state.shared[event.key] = event.value
 
 
+def _watermark_set(state: RunState, event: WatermarkInherited | WatermarkAdvanced, at: str | None) -> None:
+    state.shared[WATERMARK_PREFIX + event.name] = event.value
+
+
 def _route_taken(state: RunState, event: RouteTaken, at: str | None) -> None:
     state.routes_taken[event.source] = event
     for name in event.skipped:
@@ -320,6 +329,8 @@ _HANDLERS: dict[type[Event], Any] = {
     CheckpointInvalidated: _checkpoint_invalidated,
     CheckpointsRemoved: _checkpoints_removed,
     StateRecorded: _state_recorded,
+    WatermarkInherited: _watermark_set,
+    WatermarkAdvanced: _watermark_set,
     RouteTaken: _route_taken,
     ApprovalRequested: _approval_requested,
     ApprovalGranted: _approval_granted,

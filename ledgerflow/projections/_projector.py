@@ -44,6 +44,9 @@ from ledgerflow.events import (
     RunStarted,
     StateRecorded,
     StoreError,
+    WATERMARK_PREFIX,
+    WatermarkAdvanced,
+    WatermarkInherited,
     decode_payload,
 )
 
@@ -507,6 +510,12 @@ def _state_recorded(conn: sqlite3.Connection, recorded: RecordedEvent, event: St
                  (recorded.stream_id, event.key, _json(event.value), recorded.seq, event.node))
 
 
+def _watermark_set(conn: sqlite3.Connection, recorded: RecordedEvent,
+                   event: WatermarkInherited | WatermarkAdvanced) -> None:
+    conn.execute("INSERT OR REPLACE INTO shared_state (run_id, key, value, seq, node) VALUES (?, ?, ?, ?, ?)",
+                 (recorded.stream_id, WATERMARK_PREFIX + event.name, _json(event.value), recorded.seq, ""))
+
+
 def _route_taken(conn: sqlite3.Connection, recorded: RecordedEvent, event: RouteTaken) -> None:
     run_id = recorded.stream_id
     conn.execute(
@@ -611,6 +620,8 @@ _HANDLERS: dict[type[Event], Handler] = {
     NodeCompleted: _node_completed,
     CheckpointInvalidated: _checkpoint_invalidated,
     StateRecorded: _state_recorded,
+    WatermarkInherited: _watermark_set,
+    WatermarkAdvanced: _watermark_set,
     RouteTaken: _route_taken,
     ApprovalRequested: _approval_requested,
     ApprovalGranted: _approval_granted,

@@ -13,8 +13,9 @@ import os
 import pathlib
 import secrets
 import sqlite3
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +26,13 @@ from ledgerflow.actors import ExecutorDiedError, lease_is_free
 from ledgerflow.events import Event, open_store
 
 PIPELINES = pathlib.Path(__file__).parent / "pipelines"
+
+#: Where ``pipelines/sql_targets.py`` reads and loads: a PostgreSQL URL (set below,
+#: after probing the server), a schema and a dataset directory. They are set at
+#: import, before the session's Ray starts, so that workers inherit them.
+POSTGRES_URL_ENV = "LEDGERFLOW_TEST_POSTGRES_URL"
+os.environ.setdefault("LEDGERFLOW_TEST_POSTGRES_SCHEMA", f"lf_test_targets_{secrets.token_hex(4)}")
+os.environ.setdefault("LEDGERFLOW_TEST_DATASET", os.path.join(tempfile.mkdtemp(prefix="lf-test-dataset-"), "items"))
 
 #: An environment variable containing a secret for ``test_secrets.py``. Ray's
 #: workers inherit the environment of the process that starts Ray, and the
@@ -182,6 +190,20 @@ def drive_to_end(home: Home, locator: str, *, run_id: str, params: dict[str, Any
         return drive
 
 
+def postgres_fetch(url: str, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+    """Run one statement on PostgreSQL and return its rows as tuples."""
+    import asyncpg
+
+    async def fetch() -> list[tuple[Any, ...]]:
+        conn = await asyncpg.connect(url)
+        try:
+            return [tuple(row) for row in await conn.fetch(sql, *args)]
+        finally:
+            await conn.close()
+
+    return asyncio.run(fetch())
+
+
 class Helpers:
     """The module-level helpers of this file, for test modules (which cannot import it)."""
 
@@ -191,6 +213,7 @@ class Helpers:
     read_trace = staticmethod(read_trace)
     flip_byte = staticmethod(flip_byte)
     drive_to_end = staticmethod(drive_to_end)
+    postgres_fetch = staticmethod(postgres_fetch)
 
 
 @pytest.fixture(scope="session")
@@ -246,3 +269,69 @@ def etl_reference(tmp_path_factory: pytest.TempPathFactory, ray_address: str) ->
     assert result.status == "completed", result.message
     return Reference(run_id="etl-reference", home=home, events=home.events("etl-reference"),
                      trace=read_trace(trace), rows=home.rows("amounts", order_by="order_id"))
+
+
+# PostgreSQL
+
+POSTGRES_HOST = "127.0.0.1:5432"
+POSTGRES_USERS = ("postgres", "root")
+
+
+def _postgres_url() -> str | None:
+    """Return the URL of the local test database for the first user that can connect, else None."""
+    import asyncpg
+
+    async def probe(url: str) -> bool:
+        try:
+            conn = await asyncpg.connect(url, timeout=5)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError):
+            return False
+        await conn.close()
+        return True
+
+    for user in POSTGRES_USERS:
+        url = f"postgresql://{user}@{POSTGRES_HOST}/test"
+        if asyncio.run(probe(url)):
+            return url
+    return None
+
+
+#: Probed once at import, before the session's Ray starts, so that workers inherit the URL.
+FOUND_POSTGRES_URL = _postgres_url()
+if FOUND_POSTGRES_URL is not None:
+    os.environ.setdefault(POSTGRES_URL_ENV, FOUND_POSTGRES_URL)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    """The URL of database ``test`` on the local PostgreSQL server.
+
+    Tests that need it skip when no server is reachable, except with
+    ``CI=true``, where they fail: CI must run them.
+    """
+    url = FOUND_POSTGRES_URL
+    if url is None:
+        message = f"no PostgreSQL server accepts users {', '.join(POSTGRES_USERS)} at {POSTGRES_HOST}/test"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message + " (CI=true requires PostgreSQL tests to run)")
+        pytest.skip(message)
+    return url
+
+
+@pytest.fixture
+def postgres_schema(postgres_url: str) -> Iterator[str]:
+    """A fresh schema of the test database, dropped with everything in it after the test."""
+    import asyncpg
+
+    name = f"lf_test_{secrets.token_hex(6)}"
+
+    async def execute(sql: str) -> None:
+        conn = await asyncpg.connect(postgres_url)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    asyncio.run(execute(f'CREATE SCHEMA "{name}"'))
+    yield name
+    asyncio.run(execute(f'DROP SCHEMA "{name}" CASCADE'))
