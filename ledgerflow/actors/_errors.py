@@ -42,6 +42,19 @@ class RunExistsError(UsageError):
         self.run_id = run_id
 
 
+class UnfinishedIncrementalRunError(UsageError):
+    """Raised when a new run would read rows that an unfinished run of the same pipeline already read."""
+
+    def __init__(self, run_id: str, pipeline: str, status: str, sources: Iterable[str]) -> None:
+        self.unfinished_run_id = run_id
+        self.sources = tuple(sources)
+        super().__init__(
+            f"run {run_id!r} of pipeline {pipeline!r} is {status} and has read past the watermark of "
+            f"{', '.join(self.sources)}; a new run would read and load those rows again: finish it with "
+            f"'ledgerflow resume {run_id}' or end it with 'ledgerflow cancel {run_id}' first"
+        )
+
+
 class CodeChangedError(UsageError):
     """Raised when a run is continued with pipeline code that differs from its start."""
 

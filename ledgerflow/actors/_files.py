@@ -27,6 +27,7 @@ import re
 import types
 import typing
 import urllib.parse
+import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -247,6 +248,45 @@ class _Location:
 
 
 # Decoding: any encoding in, valid UTF-8 out
+
+
+class _ZipMember:
+    """The one file inside a zip archive, decompressed as it is read.
+
+    pyarrow's streams decompress gzip, bz2 and zstd but not zip archives,
+    which many data providers ship.
+
+    Raises:
+        SourceError: The archive is invalid, or does not hold exactly one file.
+    """
+
+    def __init__(self, filesystem: Any, path: str, name: str) -> None:
+        self._file = filesystem.open_input_file(path)
+        try:
+            self._archive = zipfile.ZipFile(self._file)
+            members = [info for info in self._archive.infolist() if not info.is_dir()]
+            if len(members) != 1:
+                listed = ", ".join(info.filename for info in members[:5]) or "nothing"
+                raise SourceError(
+                    f"zip archive {name} contains {len(members)} files ({listed}); a CSV source reads an archive "
+                    "with exactly one file: extract the files and pass them as a glob"
+                )
+            self._member = self._archive.open(members[0])
+        except (zipfile.BadZipFile, pa.ArrowInvalid) as err:
+            # A file shorter than a zip trailer fails in the seek to that trailer, as ArrowInvalid.
+            self._file.close()
+            raise SourceError(f"{name} is not a valid zip archive ({err}): check the file") from err
+        except BaseException:
+            self._file.close()
+            raise
+
+    def read(self, size: int = -1) -> bytes:
+        return self._member.read(size)
+
+    def close(self) -> None:
+        self._member.close()
+        self._archive.close()
+        self._file.close()
 
 
 class _DecodingStream(io.RawIOBase):
@@ -592,7 +632,11 @@ class _CsvPass:
 
     def _open(self) -> _DecodingStream:
         self._location.check_file(self._name)
-        raw = self._location.filesystem.open_input_stream(self._location.path(self._name))
+        path = self._location.path(self._name)
+        if path.lower().endswith(".zip"):
+            raw: Any = _ZipMember(self._location.filesystem, path, self._name)
+        else:
+            raw = self._location.filesystem.open_input_stream(path)
         return _DecodingStream(raw, codecs.lookup(self._source.codec_name), self._source.block_size)
 
     def _parse_options(self, handler: Any) -> pacsv.ParseOptions:
@@ -955,7 +999,8 @@ class CsvSource:
         path_or_glob: A file, a glob (``*`` and ``?`` within a directory,
             ``**`` across directories) or a ``pyarrow.fs`` URI of either.
             Compressed files (``.gz``, ``.bz2``, ``.zst``...) are detected by
-            their extension.
+            their extension, and a ``.zip`` archive holding one file is read
+            as that file.
         schema: A ``pyarrow.Schema`` or a pydantic model class naming the
             columns to keep, in order, with their types. Other columns are
             dropped and listed in the report. A non-nullable field (a pydantic

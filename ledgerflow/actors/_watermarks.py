@@ -18,12 +18,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from ledgerflow.actors._errors import UnfinishedIncrementalRunError
 from ledgerflow.events import (
     WATERMARK_PREFIX,
     EventStore,
     RunState,
     WatermarkAdvanced,
     WatermarkInherited,
+    apply,
 )
 
 #: Shared-state key prefix of the maximum watermark one partition read:
@@ -68,12 +70,16 @@ def advance_events(state: RunState) -> list[WatermarkAdvanced]:
 async def inherited_events(store: EventStore, pipeline_name: str, *, run_id: str) -> list[WatermarkInherited]:
     """Return the watermarks a new run of ``pipeline_name`` starts from, with the events they come from.
 
-    Scans every stream of the store, decoding only each stream's
-    ``RunStarted`` and its ``WatermarkAdvanced`` events. The latest event per
-    source name wins, ordered by the store's global position.
+    Scans every stream of the store, decoding each stream's ``RunStarted`` and
+    folding the streams of the same pipeline. The latest ``WatermarkAdvanced``
+    per source name wins, ordered by the store's global position.
 
     NOTE: The scan reads the first event of every stream, so starting a run
     takes longer as the store gains runs.
+
+    Raises:
+        UnfinishedIncrementalRunError: An earlier run of the pipeline has not
+            ended and read rows past a watermark. Its rows would be read again.
     """
     latest: dict[str, tuple[int, str, int, Any]] = {}
     for head in await store.list_streams():
@@ -86,14 +92,21 @@ async def inherited_events(store: EventStore, pipeline_name: str, *, run_id: str
             continue
         if getattr(started, "pipeline", None) != pipeline_name:
             continue
+
+        state = RunState()
         async for recorded in store.read_stream(head.stream_id, verify=True):
-            if recorded.type != WatermarkAdvanced.__name__:
-                continue
             event = recorded.decode(store.path)
-            assert isinstance(event, WatermarkAdvanced)
-            known = latest.get(event.name)
-            if known is None or recorded.global_position > known[0]:
-                latest[event.name] = (recorded.global_position, recorded.stream_id, recorded.seq, event.value)
+            apply(state, event, seq=recorded.seq, recorded_at=recorded.recorded_at)
+            if isinstance(event, WatermarkAdvanced):
+                known = latest.get(event.name)
+                if known is None or recorded.global_position > known[0]:
+                    latest[event.name] = (recorded.global_position, recorded.stream_id, recorded.seq, event.value)
+
+        # An unfinished run's pending watermarks are rows it read but has not committed as read.
+        pending = sorted({key[len(PENDING_PREFIX):].split(":", 1)[0] for key in state.shared
+                          if key.startswith(PENDING_PREFIX)})
+        if pending and not state.terminal:
+            raise UnfinishedIncrementalRunError(head.stream_id, pipeline_name, state.status, pending)
     return [
         WatermarkInherited(name=name, value=value, from_run_id=stream_id, from_seq=seq)
         for name, (_, stream_id, seq, value) in sorted(latest.items())

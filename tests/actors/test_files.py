@@ -15,6 +15,7 @@ import pickle
 import subprocess
 import sys
 import textwrap
+import zipfile
 from decimal import Decimal
 
 import numpy as np
@@ -515,6 +516,36 @@ def test_gzip_file_read(tmp_path):
     result = CsvSource(str(path)).read("orders.csv.gz")
 
     assert result.valid.to_pylist() == [{"id": 1, "name": "Ann"}]
+
+
+def test_zip_archive_read(tmp_path):
+    path = tmp_path / "orders.csv.zip"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("orders.csv", "id,name\n1,Ann\n2,NA\n")
+
+    result = CsvSource(str(path), max_rows_per_partition=1)
+    keys = result.partitions()
+
+    assert [row for key in keys for row in result.read(key).valid.to_pylist()] == [
+        {"id": 1, "name": "Ann"}, {"id": 2, "name": "NA"}]
+
+
+def test_zip_archive_of_two_files_error(tmp_path):
+    path = tmp_path / "orders.zip"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("a.csv", "id\n1\n")
+        archive.writestr("b.csv", "id\n2\n")
+
+    with pytest.raises(SourceError, match=r"orders\.zip contains 2 files \(a\.csv, b\.csv\).*extract the files"):
+        CsvSource(str(path)).read("orders.zip")
+
+
+def test_invalid_zip_archive_error(tmp_path):
+    path = tmp_path / "orders.csv.zip"
+    path.write_bytes(b"id,name\n1,Ann\n")
+
+    with pytest.raises(SourceError, match=r"orders\.csv\.zip is not a valid zip archive"):
+        CsvSource(str(path)).read("orders.csv.zip")
 
 
 # Errors

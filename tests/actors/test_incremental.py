@@ -9,6 +9,7 @@ import pytest
 
 import ledgerflow as lf
 from ledgerflow.actors import ExecutorDiedError
+from ledgerflow.actors._errors import UnfinishedIncrementalRunError
 from ledgerflow.actors._checkpoints import read_checkpoint
 from ledgerflow.actors._sinks import load_into_sqlite
 from ledgerflow.projections._history import projections_path
@@ -99,22 +100,30 @@ def test_replay_shows_inherited_watermark(home, helpers, tmp_path):
     assert inherited_seq <= state.seq
 
 
+def _crash_when_loads_start(home, helpers, tmp_path, database):  # type: ignore[no-untyped-def]
+    """Run ``orders-1`` in a fresh home until its loads start, then kill its executor; return that home.
+
+    A completed probe run in ``home`` gives the seq at which the loads start.
+    """
+    probe = _run(home, helpers, "probe", database, max_in_flight=1)
+    assert probe.status == "completed", probe.message
+    load_started = next(logged.seq for logged in home.events("probe")
+                        if logged.type == "NodeStarted" and logged.event.node == "warehouse")
+    crashed = type(home)(lf.Settings.resolve(home=str(tmp_path / "fresh"), address=home.settings.address))
+    with pytest.raises(ExecutorDiedError):
+        lf.start_run(helpers.pipeline_locator(PIPELINE), params={"database": str(database)}, run_id="orders-1",
+                     settings=crashed.settings, max_in_flight=1, fault_exit_after_seq=load_started,
+                     max_restarts=0)
+    crashed.wait_lease_free("orders-1")
+    return crashed
+
+
 def test_marker_committed_before_log_not_duplicated(home, helpers, tmp_path):
     """The loads commit their markers, then the executor dies before the log records them."""
     database = tmp_path / "source.db"
     _add_orders(database, range(1, 11))
-    probe = _run(home, helpers, "probe", database, max_in_flight=1)
-    load_started = next(logged.seq for logged in home.events("probe")
-                        if logged.type == "NodeStarted" and logged.event.node == "warehouse")
-    assert probe.status == "completed"
-    fresh = tmp_path / "fresh"
-    settings = lf.Settings.resolve(home=str(fresh), address=home.settings.address)
-    crashed = type(home)(settings)
-
-    with pytest.raises(ExecutorDiedError):
-        lf.start_run(helpers.pipeline_locator(PIPELINE), params={"database": str(database)}, run_id="orders-1",
-                     settings=settings, max_in_flight=1, fault_exit_after_seq=load_started, max_restarts=0)
-    crashed.wait_lease_free("orders-1")
+    crashed = _crash_when_loads_start(home, helpers, tmp_path, database)
+    settings = crashed.settings
     state = crashed.state("orders-1")
     for key, part in state.nodes["orders"].partitions.items():
         rows = read_checkpoint(part.manifest, node="orders", partition=key)
@@ -126,6 +135,24 @@ def test_marker_committed_before_log_not_duplicated(home, helpers, tmp_path):
     completed = crashed.of_type("orders-1", "PartitionCompleted")
     assert [event.already_loaded for event in completed if event.node == "warehouse"] == [True, True]
     assert [event.value for event in crashed.of_type("orders-1", "WatermarkAdvanced")] == [10]
+
+
+def test_new_run_refused_while_earlier_unfinished(home, helpers, tmp_path):
+    database = tmp_path / "source.db"
+    _add_orders(database, range(1, 11))
+    fresh = _crash_when_loads_start(home, helpers, tmp_path, database)
+
+    with pytest.raises(UnfinishedIncrementalRunError, match=r"'orders-1'.*ledgerflow resume orders-1"):
+        _run(fresh, helpers, "orders-2", database)
+    refused_events = fresh.events("orders-2")
+    resumed = lf.resume_run("orders-1", settings=fresh.settings)
+    second = _run(fresh, helpers, "orders-2", database)
+
+    assert resumed.status == "completed", resumed.message
+    assert second.status == "completed", second.message
+    assert refused_events == []
+    assert [event.from_run_id for event in fresh.of_type("orders-2", "WatermarkInherited")] == ["orders-1"]
+    assert _loaded_ids(fresh) == list(range(1, 11))
 
 
 @pytest.mark.slow
