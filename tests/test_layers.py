@@ -52,9 +52,9 @@ def test_public_api_exports():
     assert sorted(ledgerflow.__all__) == [
         "CodeChangedError", "ConfigurationError", "Context", "CsvSource", "DecisionRefusedError", "History", "LeaseHeldError",
         "LedgerflowError", "Middleware", "ParameterError", "ParquetSource", "Pipeline", "PipelineDefinitionError",
-        "PipelineImportError", "Retry", "RouteInput", "RunExistsError", "RunResult", "RunState", "Secret",
+        "PipelineImportError", "PolicyConfigurationError", "PolicyRule", "Retry", "RouteInput", "RunExistsError", "RunResult", "RunState", "Secret",
         "Settings", "SqliteTable", "TamperedLogError", "UsageError", "Validation", "__version__", "cancel",
-        "cancel_run", "decide", "history", "load_state", "resume", "resume_run", "run", "start_run",
+        "cancel_run", "decide", "history", "load_policy", "load_state", "resume", "resume_run", "run", "start_run",
     ]
     for name in ledgerflow.__all__:
         assert hasattr(ledgerflow, name), name

@@ -38,7 +38,9 @@ from ledgerflow.actors._lease import Lease, describe_holder, lease_is_free, leas
 from ledgerflow.actors._loader import canonical_locator, load_pipeline, locator_of
 from ledgerflow.actors._pipeline import Pipeline, changed_nodes
 from ledgerflow.actors._context import recorded_params
+from ledgerflow.actors._lineage import lineage_settings
 from ledgerflow.actors._logging import configure_logging
+from ledgerflow.actors._telemetry import telemetry_settings
 from ledgerflow.events import (
     ApprovalGranted,
     ApprovalRejected,
@@ -53,6 +55,7 @@ from ledgerflow.events import (
     apply,
     load_run_state,
     open_store,
+    redact_event,
     resolve_home,
     resolve_store_url,
     validate_stream_id,
@@ -219,7 +222,7 @@ def start_run(
         run_id=run_id, store_url=settings.store_url, checkpoint_root=settings.checkpoints,
         warehouse=settings.warehouse, start=start, max_in_flight=max_in_flight,
         backoff_scale=_backoff_scale(), fault_exit_after_seq=fault_exit_after_seq, log_level=_log_level(),
-        capture_states=capture_states,
+        capture_states=capture_states, telemetry=telemetry_settings(), lineage=lineage_settings(),
     )
     logger.debug("starting run", run_id=run_id, locator=locator)
     return _execute(settings, config, on_progress=on_progress, max_restarts=max_restarts,
@@ -280,6 +283,7 @@ def resume_run(
         warehouse=settings.warehouse, locator=target, allow_changed_code=allow_changed_code,
         accepted_by=accepted_by or default_submitter(), resume_reason=reason, max_in_flight=max_in_flight,
         backoff_scale=_backoff_scale(), fault_exit_after_seq=fault_exit_after_seq, log_level=_log_level(),
+        telemetry=telemetry_settings(), lineage=lineage_settings(),
     )
     return _execute(settings, config, on_progress=on_progress, max_restarts=max_restarts,
                     handle_sigint=handle_sigint)
@@ -446,7 +450,7 @@ async def _decide(settings: Settings, run_id: str, reviewer: str, approve: bool,
                 event = ApprovalRejected(gate=request.gate, reviewer=reviewer, comment=comment,
                                          request_seq=gate.request_seq)
             try:
-                result = await store.append(run_id, [event], expected_version=state.seq)
+                result = await store.append(run_id, [redact_event(event)], expected_version=state.seq)
             except ConcurrencyError:
                 continue
             status = "running" if approve else "rejected"
@@ -525,7 +529,8 @@ async def _append_retrying(store: Any, run_id: str, events: list[Event]) -> int:
     for _ in range(10):
         head = await store.head(run_id)
         try:
-            result = await store.append(run_id, events, expected_version=head.head_seq if head else 0)
+            result = await store.append(run_id, [redact_event(event) for event in events],
+                                        expected_version=head.head_seq if head else 0)
             return result.last_seq
         except ConcurrencyError:
             continue

@@ -19,15 +19,19 @@ import ray
 from ledgerflow.actors._checkpoints import CheckpointStore, read_checkpoint
 from ledgerflow.actors._context import (
     Attempt,
+    AttemptStopped,
     Context,
     LoggingMiddleware,
+    RedactionMiddleware,
     bound_logger,
     run_with_middleware,
 )
 from ledgerflow.actors._logging import configure_logging
 from ledgerflow.actors._pipeline import Node, Pipeline, Validation
+from ledgerflow.actors._policy import PolicyMiddleware
+from ledgerflow.actors._telemetry import TelemetryMiddleware
 from ledgerflow.actors._sinks import load_into_sqlite
-from ledgerflow.events import Manifest
+from ledgerflow.events import Manifest, redact_text
 
 
 @dataclass(frozen=True)
@@ -98,6 +102,18 @@ def _gather_inputs(request: TaskRequest, live_tables: tuple[pa.Table, ...]) -> d
     return tables
 
 
+def default_chain(pipeline: Pipeline, node: Node) -> list[Any]:
+    """Return the middleware chain of ``node``'s attempts, outermost first.
+
+    Logging, redaction, telemetry and the policy rules that check the node's
+    output come first, then the pipeline's own members. ``after`` hooks run
+    in reverse, so the pipeline's members see the node's output first and
+    the policy rules check what they hand on.
+    """
+    return [LoggingMiddleware(), RedactionMiddleware(), TelemetryMiddleware(),
+            PolicyMiddleware(pipeline.policies_for(node.name)), *pipeline.middleware]
+
+
 def _call_node(pipeline: Pipeline, node: Node, request: TaskRequest, tables: dict[str, pa.Table],
                attempt: Attempt) -> tuple[Any, dict[str, Any]]:
     assert node.function is not None
@@ -105,16 +121,16 @@ def _call_node(pipeline: Pipeline, node: Node, request: TaskRequest, tables: dic
     recorded: dict[str, Any] = {}
     if node.takes_partition:
         arguments["partition"] = request.partition_value
+    params = attempt.params
     if node.takes_context:
-        params = pipeline.params_model.model_validate(request.params)
         context = Context(
             run_id=request.run_id, node=request.node, partition=request.partition, attempt=request.attempt,
             params=params, state=dict(request.shared), logger=attempt.logger,
         )
         recorded = context.recorded
         arguments["context"] = context
-    chain = [LoggingMiddleware(), *pipeline.middleware]
-    result = run_with_middleware(chain, attempt, lambda: node.function(**arguments))  # type: ignore[misc]
+    result = run_with_middleware(default_chain(pipeline, node), attempt,
+                                 lambda: node.function(**arguments))  # type: ignore[misc]
     return result, recorded
 
 
@@ -131,15 +147,26 @@ def execute_partition(pipeline: Pipeline, request: TaskRequest, *live_tables: pa
     node = pipeline.nodes[request.node]
     logger = bound_logger(request.run_id, request.node, request.partition, request.attempt)
     attempt = Attempt(run_id=request.run_id, node=request.node, kind=node.kind, partition=request.partition,
-                      attempt=request.attempt, logger=logger)
+                      attempt=request.attempt, logger=logger,
+                      params=pipeline.params_model.model_validate(request.params), telemetry=request.extra)
     tables = _gather_inputs(request, live_tables)
-    result, facts = _call_node(pipeline, node, request, tables, attempt)
+    info: dict[str, Any] = {"facts": {}, "report": {}, "extra": {}, "manifest": None, "already_loaded": False,
+                            "events": attempt.events, "stopped": None}
+    try:
+        result, facts = _call_node(pipeline, node, request, tables, attempt)
+    except AttemptStopped as stopped:
+        # A member decided to stop the run: its events and reason are the outcome, not an error to retry.
+        info["stopped"] = {"reason": stopped.reason, "error_type": stopped.error_type}
+        info["duration_s"] = time.perf_counter() - started
+        return info, None
+    info["facts"] = facts
 
     store = CheckpointStore(request.checkpoint_root)
     where = {"run_id": request.run_id, "node": request.node, "partition": request.partition,
              "attempt": request.attempt}
-    info: dict[str, Any] = {"facts": facts, "report": {}, "extra": {}, "manifest": None, "already_loaded": False}
     output: pa.Table | None = None
+    for port, table in attempt.outputs.items():
+        info["extra"][port] = store.write(to_table(table, node=request.node), port=port, **where)
 
     if node.kind == "validate":
         if not isinstance(result, Validation):
@@ -153,7 +180,7 @@ def execute_partition(pipeline: Pipeline, request: TaskRequest, *live_tables: pa
     elif node.kind == "load":
         assert node.target is not None
         data = to_table(result, node=request.node)
-        params = pipeline.params_model.model_validate(request.params)
+        params = attempt.params
         database = node.target.database
         if callable(database):
             database = database(params)
@@ -169,6 +196,15 @@ def execute_partition(pipeline: Pipeline, request: TaskRequest, *live_tables: pa
     info["duration_s"] = time.perf_counter() - started
     logger.debug("partition checkpointed", rows=output.num_rows if output is not None else None)
     return info, output
+
+
+def _redact_strings(table: pa.Table) -> pa.Table:
+    """Return ``table`` with secrets masked in its string columns (reviewers' samples leave the run)."""
+    for index, column in enumerate(table.columns):
+        if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+            values = [None if value is None else redact_text(value) for value in column.to_pylist()]
+            table = table.set_column(index, table.field(index), pa.array(values, column.type))
+    return table
 
 
 @ray.remote(max_retries=0)
@@ -194,7 +230,7 @@ def sample_checkpoints(manifests: list[tuple[str, str, Manifest]], *, rows: int,
             piece = table.slice(0, rows - collected)
             samples.append(piece)
             collected += piece.num_rows
-    sample = pa.concat_tables(samples) if samples else pa.table({})
+    sample = _redact_strings(pa.concat_tables(samples)) if samples else pa.table({})
     manifest = CheckpointStore(checkpoint_root).write(sample, run_id=run_id, node=gate, partition="",
                                                      attempt=1, port="sample")
     return {"schemas": schemas, "sample": manifest}

@@ -27,6 +27,7 @@ from ledgerflow.events._run_events import (
     NodeSpec,
     NodeStarted,
     PartitionCompleted,
+    PolicyViolated,
     RouteSpec,
     RouteTaken,
     RunCancelled,
@@ -116,6 +117,7 @@ class RunState:
     started_at: str | None = None
     ended_at: str | None = None
     attempts_failed: int = 0
+    findings: list[PolicyViolated] = field(default_factory=list)
 
     @property
     def terminal(self) -> bool:
@@ -280,6 +282,10 @@ def _approval_rejected(state: RunState, event: ApprovalRejected, at: str | None)
     state.ended_at = at
 
 
+def _policy_violated(state: RunState, event: PolicyViolated, at: str | None) -> None:
+    state.findings.append(event)
+
+
 def _cancel_requested(state: RunState, event: CancelRequested, at: str | None) -> None:
     state.cancel_requested = event
 
@@ -315,6 +321,7 @@ _HANDLERS: dict[type[Event], Any] = {
     ApprovalRequested: _approval_requested,
     ApprovalGranted: _approval_granted,
     ApprovalRejected: _approval_rejected,
+    PolicyViolated: _policy_violated,
     CancelRequested: _cancel_requested,
     RunInterrupted: _run_interrupted,
     RunCompleted: _terminal("completed"),
