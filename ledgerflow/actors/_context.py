@@ -231,15 +231,8 @@ class RedactionMiddleware:
     """
 
     def before(self, attempt: Attempt) -> None:
-        if attempt.params is None:
-            return
-        for name, value in attempt.params:
-            if isinstance(value, Secret):
-                try:
-                    value.reveal()
-                except ParameterError:
-                    # The node reports a missing secret itself when it reads it.
-                    attempt.logger.debug("secret parameter not readable here", parameter=name)
+        if attempt.params is not None:
+            register_run_secrets(attempt.params)
 
     def on_error(self, attempt: Attempt, error: BaseException) -> BaseException | None:
         text = str(error)
@@ -247,6 +240,20 @@ class RedactionMiddleware:
         if masked == text:
             return None
         return _masked_copy(error, masked)
+
+
+def register_run_secrets(params: Any) -> None:
+    """Register the values of ``params``' secret parameters for redaction in this process.
+
+    A secret that cannot be read here is skipped: the node that reads it reports that itself.
+    """
+    for name, value in params:
+        if isinstance(value, Secret):
+            try:
+                value.reveal()
+            except ParameterError:
+                structlog.get_logger("ledgerflow.redaction").debug("secret parameter not readable here",
+                                                                   parameter=name)
 
 
 def _masked_copy(error: BaseException, message: str) -> BaseException:

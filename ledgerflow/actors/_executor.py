@@ -26,6 +26,7 @@ from ledgerflow.actors._errors import (
     CodeChangedError,
     RunExistsError,
 )
+from ledgerflow.actors._context import Secret, register_run_secrets
 from ledgerflow.actors._lease import Lease
 from ledgerflow.actors._lineage import LineageEmitter
 from ledgerflow.actors._loader import load_pipeline
@@ -211,6 +212,8 @@ class Executor:
         assert self.pipeline is not None
         self._order = self.pipeline.check()
         params = self.pipeline.params_model.model_validate(self.state.params)
+        # Errors and log lines of this process then mask the run's secrets too.
+        register_run_secrets(params)
         self._partition_values = {
             name: {str(value): value for value in values} if values is not None else {}
             for name, values in self.pipeline.resolve_partitions(params).items()
@@ -720,9 +723,11 @@ class Executor:
             for key, part in self.state.nodes[dependency].partitions.items()
             if part.manifest is not None
         ]
+        params = self.pipeline.params_model.model_validate(self.state.params)
         sampled = await sample_checkpoints.remote(
             manifests, rows=self.config.sample_rows, checkpoint_root=self.state.checkpoint_root,
             run_id=self.config.run_id, gate=gate,
+            secrets=tuple(value for _, value in params if isinstance(value, Secret)),
         )
         summary = self._gate_summary(gate, sampled["schemas"])
         four_eyes = node.four_eyes

@@ -23,7 +23,9 @@ from ledgerflow.actors._context import (
     Context,
     LoggingMiddleware,
     RedactionMiddleware,
+    Secret,
     bound_logger,
+    register_run_secrets,
     run_with_middleware,
 )
 from ledgerflow.actors._logging import configure_logging
@@ -209,12 +211,17 @@ def _redact_strings(table: pa.Table) -> pa.Table:
 
 @ray.remote(max_retries=0)
 def sample_checkpoints(manifests: list[tuple[str, str, Manifest]], *, rows: int, checkpoint_root: str,
-                       run_id: str, gate: str) -> dict[str, Any]:
+                       run_id: str, gate: str, secrets: tuple[Secret, ...] = ()) -> dict[str, Any]:
     """Read the first rows of the given checkpoints into a sample file for reviewers.
+
+    String values are redacted, with the values of ``secrets`` (the run's
+    secret parameters, as references) registered first.
 
     Returns:
         The schema of each input node and the sample's manifest.
     """
+    for secret in secrets:
+        register_run_secrets([("secret", secret)])
     sample_node = None
     schemas: dict[str, list[tuple[str, str]]] = {}
     samples: list[pa.Table] = []
