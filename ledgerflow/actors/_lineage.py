@@ -1,8 +1,9 @@
 """OpenLineage run events built from a run's log (the optional ``lineage`` extra).
 
-Each run emits START when it starts and one terminal event when its
-executor records the end: COMPLETE (completed), FAIL (failed) or ABORT
-(quarantined, rejected or cancelled). A resumed run emits no second START.
+Each run emits START when it starts and one terminal event when it ends:
+COMPLETE (completed), FAIL (failed) or ABORT (quarantined, rejected or
+cancelled). The executor emits it, or the command that rejected or cancelled
+a run that no executor held. A resumed run emits no second START.
 The client reads the standard OpenLineage configuration (``OPENLINEAGE_URL``,
 ``OPENLINEAGE_CONFIG``, ``OPENLINEAGE__TRANSPORT__...`` variables); without
 any, openlineage-python uses its console transport. The process that starts a
@@ -16,7 +17,7 @@ dataset (namespace ``sqlite://DATABASE``, name the table), both with the
 schema facet read from a checkpoint the log points to. An emitter that fails
 is logged and never fails the run.
 
-NOTE: an executor that crashes between recording the run's end and emitting
+NOTE: a process that crashes between recording the run's end and emitting
 its terminal event emits none, and the resumed run, already ended, emits none either.
 """
 

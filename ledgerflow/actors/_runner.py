@@ -38,7 +38,7 @@ from ledgerflow.actors._lease import Lease, describe_holder, lease_is_free, leas
 from ledgerflow.actors._loader import canonical_locator, load_pipeline, locator_of
 from ledgerflow.actors._pipeline import Pipeline, changed_nodes
 from ledgerflow.actors._context import recorded_params
-from ledgerflow.actors._lineage import lineage_settings
+from ledgerflow.actors._lineage import LineageEmitter, lineage_settings
 from ledgerflow.actors._logging import configure_logging
 from ledgerflow.actors._telemetry import telemetry_settings
 from ledgerflow.events import (
@@ -456,6 +456,10 @@ async def _decide(settings: Settings, run_id: str, reviewer: str, approve: bool,
             status = "running" if approve else "rejected"
             logger.info("decision recorded", run_id=run_id, gate=request.gate, reviewer=reviewer,
                         decision="approved" if approve else "rejected")
+            if not approve:
+                # A rejection ends the run without an executor, so this process reports its end.
+                ended = await load_run_state(store, run_id)
+                await asyncio.to_thread(LineageEmitter(lineage_settings()).emit_end, ended)
             return RunResult(run_id, status, result.last_seq,
                              f"gate {request.gate!r} of run {run_id} {'approved' if approve else 'rejected'} "
                              f"by {reviewer}")
@@ -520,6 +524,8 @@ async def _cancel(settings: Settings, run_id: str, requested_by: str, reason: st
         finally:
             lease.release()
         logger.info("run cancelled", run_id=run_id, requested_by=requested_by)
+        # No executor holds the run, so this process reports its end.
+        await asyncio.to_thread(LineageEmitter(lineage_settings()).emit_end, await load_run_state(store, run_id))
         return RunResult(run_id, "cancelled", result, f"run {run_id} cancelled")
     finally:
         await store.close()

@@ -112,3 +112,22 @@ def test_failing_emitter_logged(home, helpers, tmp_path, monkeypatch):
     failures = [entry for entry in logs if entry["event"] == "lineage event not emitted"]
     assert len(failures) == 1
     assert failures[0]["event_type"] == "COMPLETE"
+
+
+def test_rejected_run_emits_abort(home, helpers, tmp_path, lineage_file):
+    lf.start_run(helpers.pipeline_locator("gated.py"), params={"trace": str(tmp_path / "trace.txt")},
+                 run_id="lineage-rejected", settings=home.settings)
+
+    lf.decide("lineage-rejected", reviewer="bob", approve=False, comment="wrong month", settings=home.settings)
+
+    assert [event["eventType"] for event in _events(lineage_file, "lineage-rejected")] == ["START", "ABORT"]
+
+
+def test_cancelled_run_emits_abort(home, helpers, tmp_path, lineage_file):
+    lf.start_run(helpers.pipeline_locator("gated.py"), params={"trace": str(tmp_path / "trace.txt")},
+                 run_id="lineage-cancelled", settings=home.settings)
+
+    result = lf.cancel_run("lineage-cancelled", settings=home.settings)
+
+    assert result.status == "cancelled"
+    assert [event["eventType"] for event in _events(lineage_file, "lineage-cancelled")] == ["START", "ABORT"]
