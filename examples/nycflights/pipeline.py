@@ -321,8 +321,8 @@ def selected_months(params: FlightParams) -> list[int]:
 
 
 #: Tail numbers identify an aircraft and, through public registers, its owner. The hash is
-#: unkeyed SHA-256, so anyone can hash a known tail number to find its rows; set the rule's
-#: ``key_env`` to an environment variable holding a key for HMAC-SHA-256 instead.
+#: unkeyed SHA-256, so anyone can hash a known tail number to find its rows. For a keyed
+#: HMAC-SHA-256, set the rule's ``key_env`` to an environment variable containing the key.
 TAILNUM_RULE = lf.PolicyRule(name="hash-tail-numbers", kind="personal", columns=("tailnum",), action="mask",
                              description="tail numbers are identifiers")
 

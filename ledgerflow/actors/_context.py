@@ -2,7 +2,7 @@
 
 The default chain around every node attempt is logging, redaction,
 telemetry and policy rules, in that order; a pipeline's own members follow
-(see :func:`default_chain`).
+(see :func:`ledgerflow.actors._tasks.default_chain`).
 """
 
 from __future__ import annotations
@@ -175,7 +175,7 @@ class Middleware(Protocol):
     a hook raises, the ``on_error`` hooks of the members that were entered
     and have not yet run ``after`` run in reverse order.
 
-    - ``before(attempt)`` sees the attempt before the node runs.
+    - ``before(attempt)`` runs before the node, with the attempt's ids and parameters.
     - ``after(attempt, result)`` sees the node's output (a table or
       :class:`~ledgerflow.actors.Validation`) and returns a replacement, or
       None to keep it. Raising here fails the attempt.

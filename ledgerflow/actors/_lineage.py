@@ -53,7 +53,7 @@ def lineage_settings(environ: Mapping[str, str] | None = None) -> dict[str, str]
 
 
 def lineage_run_id(run_id: str) -> str:
-    """Return the UUID that OpenLineage knows a run by (OpenLineage run ids must be UUIDs)."""
+    """Return the run's OpenLineage run id, a UUID derived from ``run_id`` (OpenLineage requires UUIDs)."""
     return str(uuid.uuid5(uuid.NAMESPACE_URL, f"ledgerflow:{run_id}"))
 
 

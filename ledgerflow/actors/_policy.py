@@ -3,8 +3,8 @@
 A rule names the columns or rows it checks and its action:
 
 - ``personal`` columns (personal data such as identifiers) must be masked
-  or hashed before they reach a load. ``mask`` hashes them (SHA-256 hex,
-  or HMAC-SHA-256 hex keyed by the environment variable ``key_env``);
+  or hashed before they reach a load. ``mask`` hashes them to SHA-256 hex,
+  or to HMAC-SHA-256 hex keyed by the environment variable ``key_env``.
   ``block`` fails the run if an unmasked value would be handed on.
 - ``forbidden`` columns may not reach a target. ``mask`` drops the column;
   ``block`` fails the run.
@@ -184,7 +184,7 @@ class PolicyConfigurationError(PipelineDefinitionError):
 
 
 class Finding:
-    """What one rule found in one table: the table to hand on, rows affected and a description."""
+    """A rule's result on one table: the table to hand on, the rows affected and a description."""
 
     def __init__(self, rule: PolicyRule, table: pa.Table, rows: int, columns: tuple[str, ...], detail: str,
                  *, quarantined: pa.Table | None = None) -> None:

@@ -524,7 +524,7 @@ async def _cancel(settings: Settings, run_id: str, requested_by: str, reason: st
         finally:
             lease.release()
         logger.info("run cancelled", run_id=run_id, requested_by=requested_by)
-        # No executor holds the run, so this process reports its end.
+        # No executor has the run's lease, so this process reports its end.
         await asyncio.to_thread(LineageEmitter(lineage_settings()).emit_end, await load_run_state(store, run_id))
         return RunResult(run_id, "cancelled", result, f"run {run_id} cancelled")
     finally:

@@ -1,9 +1,10 @@
 """OpenTelemetry spans and counters for runs, nodes and partition attempts (the optional ``otel`` extra).
 
 Nothing is exported unless the user configures an exporter with the
-standard variables: ``OTEL_TRACES_EXPORTER`` (``otlp`` or ``console``; ``none``
-turns tracing off) or an OTLP endpoint (``OTEL_EXPORTER_OTLP_ENDPOINT``, or
-``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` used as is). OTLP is sent over
+standard variables. ``OTEL_TRACES_EXPORTER`` takes ``otlp`` or ``console``,
+and ``none`` turns tracing off. An OTLP endpoint alone turns tracing on:
+``OTEL_EXPORTER_OTLP_ENDPOINT`` as a base URL, or
+``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` used as is. OTLP is sent over
 HTTP/protobuf. Counters are exported when ``OTEL_METRICS_EXPORTER`` is
 ``otlp`` or ``console``.
 
@@ -55,7 +56,10 @@ def telemetry_settings(environ: Mapping[str, str] | None = None) -> dict[str, st
     metrics_on = metrics in ("otlp", "console")
     if not traces_on and not metrics_on:
         return {}
-    settings["OTEL_TRACES_EXPORTER"] = traces if traces_on and traces else ("otlp" if traces_on else "none")
+    if not traces_on:
+        settings["OTEL_TRACES_EXPORTER"] = "none"
+    elif not traces:
+        settings["OTEL_TRACES_EXPORTER"] = "otlp"
     return settings
 
 

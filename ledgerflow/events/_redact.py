@@ -69,7 +69,7 @@ def register_secret(value: str) -> None:
         if value in _registered:
             return
         _registered.add(value)
-        # Longest first, so that a secret containing another is masked whole.
+        # Sorted by length, longest first, so that a secret containing another is masked whole.
         ordered = sorted(_registered, key=len, reverse=True)
         _registered_pattern = re.compile("|".join(re.escape(item) for item in ordered))
 

@@ -1,9 +1,9 @@
 """Secrets planted in a run that fails, retries, crashes and resumes never appear in clear anywhere.
 
-The scan covers the test process's own log lines, Ray's session logs (where
-executors' and workers' log lines and errors go), the event log and read
-models byte for byte, the approval sample, an export, and the output of the
-commands a user runs.
+The scan covers the starting process's output and Ray's session logs, where
+executors' and workers' log lines and errors go. It also reads the event log
+and read models byte for byte, the approval sample, an export, and the output
+of the commands a user runs.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def _files_containing(paths: list[pathlib.Path], needle: bytes) -> list[str]:
     return found
 
 
-#: Starts the run in a Python subprocess, so the scan sees everything the starting process prints.
+#: Starts the run in a Python subprocess, so the scan covers everything the starting process prints.
 #: The executor dies right after seq 4, the first failed attempt's NodeAttemptFailed.
 CRASHING_START = """
 import json, sys
@@ -167,3 +167,38 @@ def test_secrets_absent_from_ray_session_logs(leaky_run):
     assert _files_containing(logs, b"mcp server configured")
     for value in leaky_run["planted"]:
         assert _files_containing(logs, value.encode()) == [], value
+
+
+def _json_lines_with(paths: list[pathlib.Path], text: str) -> list[dict]:
+    found = []
+    for path in paths:
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            if text in line and line.startswith("{"):
+                found.append(json.loads(line))
+    return found
+
+
+def test_worker_lines_bound_to_attempt(leaky_run):
+    logs = [path for path in _session_logs().rglob("*.err") if path.is_file()]
+
+    lines = [line for line in _json_lines_with(logs, '"library line"') if line.get("run_id") == "leaky"]
+    attempts = sorted((line["node"], line["partition"], line["attempt"]) for line in lines)
+    assert attempts == [("records", "a", 1), ("records", "a", 2), ("records", "b", 1), ("records", "b", 2)]
+    assert all(line["level"] == "info" for line in lines)
+
+
+def test_invalid_log_level_rejected(cli):
+    result = cli("runs", "--log-level", "verbose")
+
+    assert result.returncode == 2
+    assert "verbose" in result.stderr
+
+
+def test_invalid_log_level_variable_rejected(cli, monkeypatch):
+    monkeypatch.setenv("LEDGERFLOW_LOG_LEVEL", "verbose")
+
+    result = cli("runs")
+
+    assert result.returncode == 2
+    assert "invalid log level 'verbose'" in result.stderr
+    assert "LEDGERFLOW_LOG_LEVEL" in result.stderr

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 import pyarrow as pa
+import structlog
 from pydantic import BaseModel
 
 import ledgerflow as lf
@@ -36,6 +37,8 @@ def records(partition: str, context: lf.Context) -> pa.Table:
     context.logger.info(f"calling the API with {planted['github']} and {planted['slack']} as {token}")
     context.logger.info("mcp server configured", server={
         "command": "mcp-github", "env": {"GITHUB_TOKEN": planted["mcp"]}, "headers": {"Authorization": bearer}})
+    # A library's logger, not the context's, still gets the attempt's ids.
+    structlog.get_logger("leaky.library").info("library line", partition_value=partition)
     marker = Path(context.params.markers) / f"{partition}.failed"
     if not marker.exists():
         marker.touch()
