@@ -21,6 +21,7 @@ import hashlib
 import inspect
 import json
 import os
+import sys
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -178,7 +179,8 @@ class Pipeline:
         middleware: The pipeline's own middleware members, run inside the default
             chain (logging, redaction, telemetry, policy rules), in the order given.
         policies: Data-handling rules: a list of :class:`~ledgerflow.actors.PolicyRule`
-            (or mappings of their fields), or the path of a YAML rule file.
+            (or mappings of their fields), or the path of a YAML rule file. A relative
+            path is resolved against the directory of the module that creates the pipeline.
         max_in_flight: The maximum number of tasks in flight at once (None: no limit).
 
     Raises:
@@ -197,7 +199,9 @@ class Pipeline:
         self.name = name
         self.params_model: type[BaseModel] = params or NoParams
         self.middleware = list(middleware)
-        self.policies: list[PolicyRule] = resolve_policies(policies)
+        caller = sys._getframe(1).f_globals.get("__file__")
+        self.policies: list[PolicyRule] = resolve_policies(
+            policies, base_directory=os.path.dirname(os.path.abspath(caller)) if caller else None)
         self.max_in_flight = max_in_flight
         self.nodes: dict[str, Node] = {}
         self.routes: dict[str, Route] = {}

@@ -254,12 +254,19 @@ def parse_rules(items: Iterable[Any], *, source: str = "policy") -> list[PolicyR
     return rules
 
 
-def resolve_policies(policies: str | os.PathLike[str] | Sequence[Any] | None) -> list[PolicyRule]:
-    """Return the rules of a pipeline's ``policies=`` argument: a YAML file path or a list of rules."""
+def resolve_policies(policies: str | os.PathLike[str] | Sequence[Any] | None, *,
+                     base_directory: str | None = None) -> list[PolicyRule]:
+    """Return the rules of a pipeline's ``policies=`` argument: a YAML file path or a list of rules.
+
+    A relative path is resolved against ``base_directory`` when given, else the current directory.
+    """
     if policies is None:
         return []
     if isinstance(policies, (str, os.PathLike)):
-        return load_policy(policies)
+        path = Path(policies)
+        if not path.is_absolute() and base_directory is not None:
+            path = Path(base_directory) / path
+        return load_policy(path)
     return parse_rules(policies, source="the pipeline's policies")
 
 

@@ -33,10 +33,16 @@ MASK = "[redacted]"
 SECRET_KEY_MARKERS = ("password", "passwd", "pwd", "secret", "token", "api_key", "apikey", "api-key",
                       "authorization", "credential", "cookie", "private_key")
 
+#: Suffixes of key names that refer to a credential's location rather than contain it.
+REFERENCE_SUFFIXES = ("_file", "_path", "_env", "_ref")
+
 #: Registered values shorter than this are not masked, because masking "a" or "42" everywhere hides real data.
 MIN_SECRET_LENGTH = 6
 
-_KEY_WORDS = r"[A-Za-z0-9_.-]*(?:password|passwd|pwd|secret|token|api[_-]?key|authorization|credential)[A-Za-z0-9_.-]*"
+_KEY_WORDS = r"[A-Za-z0-9_-]*(?:password|passwd|pwd|secret|token|api[_-]?key|authorization|credential)[A-Za-z0-9_-]*"
+#: Between a credential key and its value: ``=``, or a colon followed by a space or inside quotes.
+#: A bare colon is left alone, so locators such as ``secrets.py:pipeline`` keep their attribute.
+_KEY_SEPARATOR = r"(?:[\"']?\s*=\s*[\"']?|:\s+[\"']?|[\"']\s*:\s*[\"']?)"
 
 _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     # scheme://user:PASSWORD@host, keeping the scheme, user and host.
@@ -49,7 +55,7 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"\b(?:AKIA|ASIA)[0-9A-Z]{16}\b"), MASK),
     (re.compile(r"\beyJ[A-Za-z0-9_-]{5,}\.eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]+"), MASK),
     # key=value, key: value and "key": "value", for keys that name a credential.
-    (re.compile(rf"(?i)(\b{_KEY_WORDS}[\"']?\s*[=:]\s*[\"']?)(?!\[redacted\])[^\s\"',;&}}]+"), rf"\1{MASK}"),
+    (re.compile(rf"(?i)(\b{_KEY_WORDS}{_KEY_SEPARATOR})(?!\[redacted\])[^\s\"',;&}}]+"), rf"\1{MASK}"),
 )
 
 _lock = threading.Lock()
@@ -75,8 +81,14 @@ def register_secret(value: str) -> None:
 
 
 def is_secret_key(key: str) -> bool:
-    """Return whether a key name (an environment variable, a header, a field) names a credential."""
+    """Return whether a key name (an environment variable, a header, a field) names a credential.
+
+    Names ending in one of :data:`REFERENCE_SUFFIXES` (``token_file``) say where a
+    credential is, not what it is, so they do not count.
+    """
     lowered = key.lower()
+    if lowered.endswith(REFERENCE_SUFFIXES):
+        return False
     return any(marker in lowered for marker in SECRET_KEY_MARKERS)
 
 

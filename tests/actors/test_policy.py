@@ -10,6 +10,7 @@ import textwrap
 import pytest
 
 import ledgerflow as lf
+from ledgerflow.actors import load_pipeline
 from ledgerflow.actors._checkpoints import read_checkpoint
 from ledgerflow.events import open_store
 from ledgerflow.projections import audit_run
@@ -205,6 +206,20 @@ def test_rule_file_loads(tmp_path):
 
     assert [rule.name for rule in rules] == ["hash-email", "allowed-countries"]
     assert rules[1].allowed == ("US", "CA")
+
+
+def test_rule_file_relative_to_pipeline_file(tmp_path, monkeypatch):
+    _write(tmp_path, """
+        rules:
+          - {name: hash-email, kind: personal, columns: [email], action: mask}
+    """)
+    module = tmp_path / "pipeline_with_rules.py"
+    module.write_text('import ledgerflow as lf\npipeline = lf.Pipeline("p", policies="rules.yaml")\n')
+    monkeypatch.chdir("/")
+
+    pipeline = load_pipeline(f"{module}:pipeline")
+
+    assert [rule.name for rule in pipeline.policies] == ["hash-email"]
 
 
 def test_rule_file_pipeline_accepts_path(tmp_path):

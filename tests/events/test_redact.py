@@ -82,3 +82,19 @@ def test_redact_event_returns_clean_event_itself():
     event = NodeAttemptFailed(node="n", partition=None, attempt=1, error_type="RuntimeError", message="boom")
 
     assert redact_event(event) is event
+
+
+@pytest.mark.parametrize("text", [
+    "/work/tests/actors/pipelines/secrets.py:pipeline",
+    "mypackage.tokens:pipeline",
+    "https://example.org/password-reset",
+    "node 'tokenize' partition 3",
+])
+def test_redact_text_keeps_locators(text):
+    assert redact_text(text) == text
+
+
+def test_redact_mapping_keeps_reference_keys():
+    params = {"token_file": "/run/secrets/token", "password_env": "DB_PASSWORD", "token": "abcdefgh"}
+
+    assert redact(params) == {"token_file": "/run/secrets/token", "password_env": "DB_PASSWORD", "token": MASK}
