@@ -21,12 +21,12 @@ import ray
 import structlog
 
 from ledgerflow.actors._checkpoints import check_checkpoint
+from ledgerflow.actors._context import Secret, register_run_secrets
 from ledgerflow.actors._errors import (
     CheckpointCorruptError,
     CodeChangedError,
     RunExistsError,
 )
-from ledgerflow.actors._context import Secret, register_run_secrets
 from ledgerflow.actors._lease import Lease
 from ledgerflow.actors._lineage import LineageEmitter
 from ledgerflow.actors._loader import load_pipeline
