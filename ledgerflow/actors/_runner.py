@@ -154,7 +154,9 @@ def ensure_ray(address: str | None, *, log_to_driver: bool = False) -> None:
             ray.init(address=address, namespace=NAMESPACE, log_to_driver=log_to_driver,
                      logging_level=logging.ERROR)
         else:
-            ray.init(namespace=NAMESPACE, log_to_driver=log_to_driver, include_dashboard=False,
+            # "local" starts a new cluster. Without it, Ray 2.60 joins the cluster that a
+            # `ray start` left in /tmp/ray/ray_current_cluster, which is not private.
+            ray.init(address="local", namespace=NAMESPACE, log_to_driver=log_to_driver, include_dashboard=False,
                      logging_level=logging.ERROR)
     except (ConnectionError, RuntimeError, ValueError) as err:
         raise ConfigurationError(f"cannot connect to Ray at {address or 'a new local cluster'}: {err}") from err
