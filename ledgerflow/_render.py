@@ -125,6 +125,12 @@ def ask_decision(state: RunState, default_reviewer: str) -> tuple[bool, str, str
             _console.print("report: " + json.dumps(extra, default=str))
         if entry.get("schema"):
             _console.print("schema: " + ", ".join(f"{name} {kind}" for name, kind in entry["schema"]))
+    findings = request.summary.get("policy_findings") or []
+    if findings:
+        _console.print(f"policy findings ({len(findings)}):")
+        for finding in findings:
+            where = finding["node"] + (f"[{finding['partition']}]" if finding.get("partition") else "")
+            _console.print(f"  {finding['rule']} ({finding['action']}) at {where}: {finding['detail']}", markup=False)
     if request.sample is not None:
         _console.print(f"sample: {request.sample.rows} rows in {request.sample.uri}")
     rules = []

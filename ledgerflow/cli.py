@@ -37,7 +37,7 @@ from ledgerflow.actors import (
     status_of,
 )
 from ledgerflow.actors._loader import canonical_locator
-from ledgerflow.actors._logging import configure_logging
+from ledgerflow.actors._logging import LEVEL_ENV, LEVELS, configure_logging
 from ledgerflow.actors._runner import new_run_id
 from ledgerflow.projections import audit_run, caught_up_projector, export_run
 from ledgerflow.events import (
@@ -49,6 +49,7 @@ from ledgerflow.events import (
     apply,
     load_run_state,
     open_store,
+    redact_text,
     validate_stream_id,
 )
 
@@ -77,12 +78,21 @@ def common_options(command: Callable[..., Any]) -> Callable[..., Any]:
     @click.option("--address", envvar="RAY_ADDRESS", help="Ray cluster to join [default: a private local Ray].")
     @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (JSON lines for events); never prompt.")
     @click.option("--debug", is_flag=True, help="Show tracebacks and Ray's worker output.")
+    @click.option("--log-level", type=click.Choice(LEVELS, case_sensitive=False),
+                  help=f"Level of ledgerflow's log lines on standard error, here and in executors and workers "
+                       f"(or ${LEVEL_ENV}) [default: warning here, info in executors].")
     @functools.wraps(command)
     def wrapper(home: str | None, store: str | None, checkpoints: str | None, address: str | None,
-                as_json: bool, debug: bool, **kwargs: Any) -> None:
-        # The command line reports outcomes itself; library logs show with --debug
-        # or LEDGERFLOW_LOG_LEVEL.
-        configure_logging("debug" if debug else os.environ.get("LEDGERFLOW_LOG_LEVEL", "warning"))
+                as_json: bool, debug: bool, log_level: str | None, **kwargs: Any) -> None:
+        # The command line reports outcomes itself; library logs show with --debug,
+        # --log-level or LEDGERFLOW_LOG_LEVEL.
+        if log_level is not None:
+            # Executors and workers read the level from the environment of the process that starts them.
+            os.environ[LEVEL_ENV] = log_level.lower()
+        try:
+            configure_logging("debug" if debug else os.environ.get(LEVEL_ENV) or "warning")
+        except ValueError as err:
+            _fail(UsageError(f"{err} (from ${LEVEL_ENV})"), debug, as_json, 2)
         try:
             options = Options(home, store, checkpoints, address, as_json, debug)
             code = command(options, **kwargs)
@@ -102,9 +112,9 @@ def common_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
 def _fail(err: BaseException, debug: bool, as_json: bool, code: int, *, unexpected: bool = False) -> None:
     if debug:
-        traceback.print_exception(err)
+        click.echo(redact_text("".join(traceback.format_exception(err))), err=True, nl=False)
     prefix = f"unexpected {type(err).__name__}: " if unexpected else ""
-    message = f"{prefix}{err}"
+    message = redact_text(f"{prefix}{err}")
     if as_json:
         payload: dict[str, Any] = {"error": message, "error_type": type(err).__name__, "exit_code": code}
         for attribute in ("run_id", "status", "seq", "stream_id"):
@@ -203,9 +213,9 @@ def _after_run(options: Options, result: RunResult, progress: render.Progress, m
 def _report(options: Options, result: RunResult, **extra: Any) -> int:
     if options.as_json:
         click.echo(json.dumps({"run_id": result.run_id, "status": result.status, "seq": result.seq,
-                               "message": result.message, **extra}))
+                               "message": redact_text(result.message), **extra}))
     else:
-        click.echo(result.message or f"run {result.run_id} {result.status}")
+        click.echo(redact_text(result.message) or f"run {result.run_id} {result.status}")
     return EXIT_CODES.get(result.status, 1)
 
 

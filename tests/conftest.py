@@ -18,7 +18,10 @@ def ray_address() -> Iterator[str]:
     import ray
 
     previous = os.environ.pop("RAY_ADDRESS", None)
-    ray.init(include_dashboard=False, namespace="ledgerflow", logging_level=logging.ERROR, log_to_driver=False)
+    # Without an address, ray.init (Ray 2.60) joins the cluster named in /tmp/ray/ray_current_cluster
+    # when another `ray start` on this machine left one running. "local" always starts a new one.
+    ray.init(address="local", include_dashboard=False, namespace="ledgerflow", logging_level=logging.ERROR,
+             log_to_driver=False)
     address = ray.get_runtime_context().gcs_address
     os.environ["RAY_ADDRESS"] = address
     yield address

@@ -29,6 +29,11 @@ The graph:
 - ``review`` is the approval gate. After approval ``load_flights`` and
   ``load_quarantine`` load each month once into the tables ``flights`` and
   ``flights_quarantine``, keyed by :data:`FLIGHT_KEY`.
+
+The policy rule :data:`TAILNUM_RULE` treats tail numbers as identifiers: the
+rows ``checked`` hands on to both loads carry the SHA-256 hex digest of each
+``tailnum`` instead of the tail number, and each month records a
+``PolicyViolated`` finding that the gate's summary shows.
 """
 
 from __future__ import annotations
@@ -331,7 +336,13 @@ def selected_months(params: FlightParams) -> list[int]:
 # The pipeline
 
 
-pipeline = lf.Pipeline("flights", params=FlightParams)
+#: Tail numbers identify an aircraft and, through public registers, its owner. The hash is
+#: unkeyed SHA-256, so anyone can hash a known tail number to find its rows. For a keyed
+#: HMAC-SHA-256, set the rule's ``key_env`` to an environment variable containing the key.
+TAILNUM_RULE = lf.PolicyRule(name="hash-tail-numbers", kind="personal", columns=("tailnum",), action="mask",
+                             description="tail numbers are identifiers")
+
+pipeline = lf.Pipeline("flights", params=FlightParams, policies=[TAILNUM_RULE])
 
 
 @pipeline.extract

@@ -1,6 +1,16 @@
 """The runtime: pipeline graphs, the run executor on Ray, tasks, leases, sinks and middleware."""
 
-from ledgerflow.actors._context import Attempt, Context, LoggingMiddleware, Middleware, Secret
+from ledgerflow.actors._context import (
+    Attempt,
+    AttemptStopped,
+    Context,
+    LoggingMiddleware,
+    Middleware,
+    RedactionMiddleware,
+    Secret,
+)
+from ledgerflow.actors._policy import PolicyConfigurationError, PolicyMiddleware, PolicyRule, load_policy
+from ledgerflow.actors._telemetry import TelemetryMiddleware
 from ledgerflow.actors._errors import (
     CheckpointCorruptError,
     CodeChangedError,
@@ -55,6 +65,7 @@ __all__ = [
     "DEFAULT_RETENTION_DAYS",
     "EXIT_CODES",
     "Attempt",
+    "AttemptStopped",
     "BadRowError",
     "CheckpointCheck",
     "CheckpointCorruptError",
@@ -108,4 +119,10 @@ __all__ = [
     "resume_run",
     "start_run",
     "status_of",
+    "PolicyConfigurationError",
+    "PolicyMiddleware",
+    "PolicyRule",
+    "RedactionMiddleware",
+    "TelemetryMiddleware",
+    "load_policy",
 ]

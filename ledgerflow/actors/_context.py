@@ -1,4 +1,9 @@
-"""A node's run-time surroundings: secrets, the context and the middleware chain."""
+"""A node's run-time surroundings: secrets, the context and the middleware chain.
+
+The default chain around every node attempt is logging, redaction,
+telemetry and policy rules, in that order; a pipeline's own members follow
+(see :func:`ledgerflow.actors._tasks.default_chain`).
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ import structlog
 from pydantic import BaseModel, ConfigDict, model_validator
 
 from ledgerflow.actors._errors import ParameterError
+from ledgerflow.events import Event, redact_text, register_secret
 
 
 class Secret(BaseModel):
@@ -55,12 +61,16 @@ class Secret(BaseModel):
             if value is None:
                 raise ParameterError(f"secret environment variable {self.env} is not set on this worker",
                                      parameter=self.env)
-            return value
-        try:
-            with open(self.file or "", encoding="utf-8") as handle:
-                return handle.read().strip()
-        except OSError as err:
-            raise ParameterError(f"cannot read secret file {self.file}: {err.strerror}", parameter=self.file) from err
+        else:
+            try:
+                with open(self.file or "", encoding="utf-8") as handle:
+                    value = handle.read().strip()
+            except OSError as err:
+                raise ParameterError(f"cannot read secret file {self.file}: {err.strerror}",
+                                     parameter=self.file) from err
+        # Logs, errors and events of this process mask the value from now on.
+        register_secret(value)
+        return value
 
     def __str__(self) -> str:
         return f"Secret({'env:' + self.env if self.env else 'file:' + str(self.file)})"
@@ -101,9 +111,35 @@ class Context:
         self.recorded[key] = value
 
 
+class AttemptStopped(Exception):
+    """Raised by a middleware member to stop an attempt; the run fails with ``reason``.
+
+    The events the member recorded on the attempt are appended with the
+    failure, so the log states why the run stopped. Ray does not retry it,
+    and neither does the executor.
+    """
+
+    def __init__(self, reason: str, *, error_type: str = "AttemptStopped") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.error_type = error_type
+
+
 @dataclass
 class Attempt:
-    """One node attempt, as passed to middleware hooks."""
+    """One node attempt, as middleware members see it.
+
+    Attributes:
+        run_id, node, kind, partition, attempt: Which attempt this is.
+        logger: A structlog logger bound with run id, node, partition and attempt.
+        params: The run's validated parameters (None where a member runs outside a task).
+        started: ``time.perf_counter()`` when the attempt began.
+        facts: Free-form values members share during the attempt.
+        events: Events a member recorded; they are appended with the attempt's outcome.
+        outputs: Extra tables to checkpoint beside the output, by port name
+            (for example rows a policy rule quarantined).
+        telemetry: Settings and trace context handed down from the executor.
+    """
 
     run_id: str
     node: str
@@ -111,57 +147,173 @@ class Attempt:
     partition: str
     attempt: int
     logger: Any
+    params: Any = None
     started: float = field(default_factory=time.perf_counter)
     facts: dict[str, Any] = field(default_factory=dict)
+    events: list[Event] = field(default_factory=list)
+    outputs: dict[str, Any] = field(default_factory=dict)
+    telemetry: dict[str, Any] = field(default_factory=dict)
+
+    def record(self, event: Event) -> None:
+        """Append ``event`` to the log together with this attempt's outcome."""
+        self.events.append(event)
+
+    def stop(self, reason: str, *, error_type: str = "AttemptStopped") -> None:
+        """Stop the attempt and fail the run with ``reason``.
+
+        Raises:
+            AttemptStopped: Always.
+        """
+        raise AttemptStopped(reason, error_type=error_type)
 
 
 class Middleware(Protocol):
-    """Wraps every node attempt. Each hook is optional."""
+    """A member of the chain that wraps every node attempt. Each hook is optional.
+
+    The chain runs ``before`` hooks in order, then the node, then ``after``
+    hooks in reverse order, like nested context managers. When the node or
+    a hook raises, the ``on_error`` hooks of the members that were entered
+    and have not yet run ``after`` run in reverse order.
+
+    - ``before(attempt)`` runs before the node, with the attempt's ids and parameters.
+    - ``after(attempt, result)`` sees the node's output (a table or
+      :class:`~ledgerflow.actors.Validation`) and returns a replacement, or
+      None to keep it. Raising here fails the attempt.
+    - ``on_error(attempt, error)`` sees the error and may return another
+      exception to raise in its place (redaction does), or None.
+
+    A member adds events with :meth:`Attempt.record` and stops the attempt
+    with a recorded reason with :meth:`Attempt.stop`.
+    """
 
     def before(self, attempt: Attempt) -> None: ...
 
     def after(self, attempt: Attempt, result: Any) -> Any: ...
 
-    def on_error(self, attempt: Attempt, error: BaseException) -> None: ...
+    def on_error(self, attempt: Attempt, error: BaseException) -> BaseException | None: ...
 
 
 class LoggingMiddleware:
-    """The first member of every chain: logs each attempt's start, end and error."""
+    """Binds the attempt's ids to every log line of the attempt, and logs its start, end and error."""
 
     def before(self, attempt: Attempt) -> None:
+        structlog.contextvars.bind_contextvars(run_id=attempt.run_id, node=attempt.node,
+                                              partition=attempt.partition or None, attempt=attempt.attempt)
         attempt.logger.debug("attempt started")
 
     def after(self, attempt: Attempt, result: Any) -> Any:
         rows = getattr(result, "num_rows", None)
         attempt.logger.debug("attempt finished", rows=rows,
                              duration_s=round(time.perf_counter() - attempt.started, 4))
+        _unbind_attempt()
         return result
 
     def on_error(self, attempt: Attempt, error: BaseException) -> None:
-        attempt.logger.warning("attempt failed", error_type=type(error).__name__, error=str(error))
+        if isinstance(error, AttemptStopped):
+            attempt.logger.error("attempt stopped", reason=error.reason)
+        else:
+            attempt.logger.warning("attempt failed", error_type=type(error).__name__, error=str(error))
+        _unbind_attempt()
+
+
+def _unbind_attempt() -> None:
+    structlog.contextvars.unbind_contextvars("run_id", "node", "partition", "attempt")
+
+
+class RedactionMiddleware:
+    """Masks the run's secrets in what an attempt lets out of its process.
+
+    Before the node runs it registers the values of the run's secret
+    parameters with :func:`ledgerflow.events.register_secret`, so that log
+    lines mask them even when a node logs them. After an error it replaces
+    the exception with one whose message is masked, so neither the log nor
+    Ray's error output shows the secret.
+    """
+
+    def before(self, attempt: Attempt) -> None:
+        if attempt.params is not None:
+            register_run_secrets(attempt.params)
+
+    def on_error(self, attempt: Attempt, error: BaseException) -> BaseException | None:
+        text = str(error)
+        masked = redact_text(text)
+        if masked == text:
+            return None
+        return _masked_copy(error, masked)
+
+
+def register_run_secrets(params: Any) -> None:
+    """Register the values of ``params``' secret parameters for redaction in this process.
+
+    A secret that cannot be read here is skipped: the node that reads it reports that itself.
+    """
+    for name, value in params:
+        if isinstance(value, Secret):
+            try:
+                value.reveal()
+            except ParameterError:
+                structlog.get_logger("ledgerflow.redaction").debug("secret parameter not readable here",
+                                                                   parameter=name)
+
+
+def _masked_copy(error: BaseException, message: str) -> BaseException:
+    """Return an exception of the same type as ``error`` whose message is ``message``, without its cause."""
+    if isinstance(error, AttemptStopped):
+        return AttemptStopped(message, error_type=error.error_type)
+    try:
+        copy = type(error)(message)
+        if str(copy) == message:
+            return copy
+    except Exception:  # noqa: BLE001 - some exception types take other arguments
+        pass
+    return RuntimeError(f"{type(error).__name__}: {message}")
 
 
 def run_with_middleware(chain: Sequence[Any], attempt: Attempt, call: Any) -> Any:
-    """Run ``call()`` inside ``chain``: befores in order, afters and errors in reverse."""
-    for member in chain:
-        hook = getattr(member, "before", None)
-        if hook is not None:
-            hook(attempt)
+    """Run ``call()`` inside ``chain`` and return its output as the members altered it.
+
+    See :class:`Middleware` for the order of the hooks.
+    """
+    entered: list[Any] = []
+    error: BaseException | None = None
+    result: Any = None
     try:
-        result = call()
-    except BaseException as error:
-        for member in reversed(chain):
-            hook = getattr(member, "on_error", None)
+        for member in chain:
+            hook = getattr(member, "before", None)
             if hook is not None:
-                hook(attempt, error)
-        raise
-    for member in reversed(chain):
+                hook(attempt)
+            entered.append(member)
+        result = call()
+    except BaseException as raised:  # noqa: BLE001 - on_error hooks see every error, then it is raised again
+        error = raised
+    remaining = list(reversed(entered))
+    while error is None and remaining:
+        member = remaining.pop(0)
         hook = getattr(member, "after", None)
-        if hook is not None:
+        if hook is None:
+            continue
+        try:
             replaced = hook(attempt, result)
-            if replaced is not None:
-                result = replaced
-    return result
+        except BaseException as raised:  # noqa: BLE001 - see above
+            error = raised
+            break
+        if replaced is not None:
+            result = replaced
+    if error is None:
+        return result
+    replaced_error = False
+    for member in remaining:
+        hook = getattr(member, "on_error", None)
+        if hook is None:
+            continue
+        replacement = hook(attempt, error)
+        if isinstance(replacement, BaseException):
+            error = replacement
+            replaced_error = True
+    if replaced_error:
+        # The original error, its cause and its traceback may contain what the replacement masks.
+        raise error from None
+    raise error
 
 
 def bound_logger(run_id: str, node: str, partition: str, attempt: int) -> Any:

@@ -21,15 +21,18 @@ import ray
 import structlog
 
 from ledgerflow.actors._checkpoints import check_checkpoint
+from ledgerflow.actors._context import Secret, register_run_secrets
 from ledgerflow.actors._errors import (
     CheckpointCorruptError,
     CodeChangedError,
     RunExistsError,
 )
 from ledgerflow.actors._lease import Lease
+from ledgerflow.actors._lineage import LineageEmitter
 from ledgerflow.actors._loader import load_pipeline
 from ledgerflow.actors._logging import configure_logging
 from ledgerflow.actors._pipeline import REJECTED_SUFFIX, WHOLE, Pipeline, RouteInput, changed_nodes
+from ledgerflow.actors._telemetry import Telemetry
 from ledgerflow.actors._tasks import InputPart, InputSpec, TaskRequest, execute_partition, sample_checkpoints
 from ledgerflow.actors._watermarks import advance_events, inherited_events
 from ledgerflow.events import (
@@ -60,6 +63,7 @@ from ledgerflow.events import (
     load_run_state,
     open_store,
     parse_recorded_at,
+    redact_event,
     snapshot,
 )
 
@@ -91,6 +95,10 @@ class ExecutorConfig:
     capture_states: str | None = None
     log_level: str = "info"
     sample_rows: int = 20
+    #: OpenTelemetry settings from the starting process (see ``telemetry_settings``).
+    telemetry: dict[str, str] = field(default_factory=dict)
+    #: OpenLineage settings from the starting process (see ``lineage_settings``).
+    lineage: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -149,6 +157,10 @@ class Executor:
         self._routes: dict[str, Any] = {}
         self._created = time.perf_counter()
         self._ready_s: float | None = None
+        self.telemetry = Telemetry.for_settings(config.telemetry)
+        self.lineage = LineageEmitter(config.lineage)
+        self._run_span: Any = None
+        self._node_spans: dict[str, Any] = {}
 
     def request_interrupt(self, reason: str) -> None:
         """Ask the run to stop at the next boundary and record ``RunInterrupted``."""
@@ -162,10 +174,14 @@ class Executor:
         try:
             lease.acquire(holder={"host": socket.gethostname(), "pid": os.getpid()}, wait_s=2.0)
             self.log.info("executor started", pid=os.getpid())
+            self._run_span = self.telemetry.start_span(
+                "ledgerflow.run", attributes={"ledgerflow.run_id": self.config.run_id})
+            outcome: RunOutcome | None = None
             try:
                 outcome = await self._run()
             finally:
                 await self._stop_flights()
+                self._end_spans(outcome)
             self.log.info("executor stopped", status=outcome.status, seq=outcome.seq)
             return outcome
         finally:
@@ -180,7 +196,7 @@ class Executor:
         )
         # Ray restarts a crashed executor with the config it started with, so a
         # restarted executor of a new run finds its own RunStarted and resumes.
-        restarted = config.start is not None and await self._recorded_start() == config.start
+        restarted = config.start is not None and await self._recorded_start() == redact_event(config.start)
         resuming = config.start is None or restarted
         if not resuming:
             await self._start_new(attached)
@@ -197,6 +213,8 @@ class Executor:
         assert self.pipeline is not None
         self._order = self.pipeline.check()
         params = self.pipeline.params_model.model_validate(self.state.params)
+        # Errors and log lines of this process then mask the run's secrets too.
+        register_run_secrets(params)
         self._partition_values = {
             name: {str(value): value for value in values} if values is not None else {}
             for name, values in self.pipeline.resolve_partitions(params).items()
@@ -229,6 +247,7 @@ class Executor:
         except ConcurrencyError as err:
             raise RunExistsError(self.config.run_id) from err
         self.log.info("run started", pipeline=self.config.start.pipeline, submitter=self.config.start.submitter)
+        await asyncio.to_thread(self.lineage.emit_start, self.state)
 
     def _code_change_events(self) -> list[Event]:
         assert self.pipeline is not None
@@ -253,6 +272,8 @@ class Executor:
         assert self.store is not None
         if not events:
             return
+        # The log is never erased, so secrets are masked before anything is appended.
+        events = [redact_event(event) for event in events]
         now = dt.datetime.now(dt.timezone.utc)
         batch = [NewEvent(event, recorded_at=now) for event in events]
         stamp = format_recorded_at(now)
@@ -265,15 +286,21 @@ class Executor:
                 if expected_version is not None:
                     raise
                 await self._catch_up()
+        was_terminal = self.state.terminal
         for offset, item in enumerate(batch):
             apply(self.state, item.event, seq=result.first_seq + offset, recorded_at=stamp)
             self._capture()
+            if isinstance(item.event, NodeCompleted):
+                Telemetry.end_span(self._node_spans.pop(item.event.node, None),
+                                   attributes={"ledgerflow.rows": item.event.rows})
         if self._ready_s is None:
             self._ready_s = time.perf_counter() - self._created
         fault = self.config.fault_exit_after_seq
         if fault is not None and result.first_seq <= fault <= result.last_seq:
             # Test hook for the crash matrix: die as abruptly as a killed process.
             os._exit(86)
+        if self.state.terminal and not was_terminal:
+            await asyncio.to_thread(self.lineage.emit_end, self.state)
 
     async def _catch_up(self) -> None:
         """Fold events that other processes appended (decisions, cancellations)."""
@@ -478,6 +505,7 @@ class Executor:
             params=self.state.params, shared=dict(self.state.shared),
             checkpoint_root=self.state.checkpoint_root or self.config.checkpoint_root,
             warehouse=self.config.warehouse, inputs=tuple(specs), log_level=self.config.log_level,
+            extra={"telemetry": self.config.telemetry, "trace_context": Telemetry.carrier(self._node_span(name))},
         )
         info_ref, output_ref = execute_partition.options(
             num_returns=2, name=f"ledgerflow:{name}[{key}]#{attempt}"
@@ -487,6 +515,27 @@ class Executor:
         flight.task = asyncio.create_task(self._watch(flight))
         self._flights[(name, key)] = flight
         self.log.debug("partition dispatched", node=name, partition=key or None, attempt=attempt)
+
+    def _node_span(self, name: str) -> Any:
+        """Return the node's span, started at its first dispatch by this executor."""
+        if name not in self._node_spans:
+            self._node_spans[name] = self.telemetry.start_span(
+                "ledgerflow.node", parent=self._run_span,
+                attributes={"ledgerflow.run_id": self.config.run_id, "ledgerflow.node": name,
+                            "ledgerflow.kind": self.state.nodes[name].spec.kind})
+        return self._node_spans[name]
+
+    def _end_spans(self, outcome: RunOutcome | None) -> None:
+        for name in list(self._node_spans):
+            Telemetry.end_span(self._node_spans.pop(name))
+        status = outcome.status if outcome is not None else "error"
+        error = outcome.message if outcome is not None and status == "failed" else None
+        if outcome is None:
+            error = "executor stopped by an error"
+        Telemetry.end_span(self._run_span, error=error,
+                           attributes={"ledgerflow.status": status, "ledgerflow.pipeline": self.state.pipeline})
+        self._run_span = None
+        self.telemetry.flush()
 
     def _inputs_for(self, name: str, key: str) -> tuple[list[InputSpec], list[Any]]:
         assert self.pipeline is not None
@@ -562,6 +611,16 @@ class Executor:
             StateRecorded(node=flight.node, partition=flight.partition or None, key=key, value=value)
             for key, value in info["facts"].items()
         ]
+        # Events that middleware members recorded (policy findings) go in the same batch as the
+        # completion, so a crash never separates a decision from the partition it concerns.
+        events.extend(info.get("events") or ())
+        stopped = info.get("stopped")
+        if stopped is not None:
+            self.log.error("attempt stopped, run failed", node=flight.node, partition=flight.partition or None,
+                           attempt=flight.attempt, reason=stopped["reason"])
+            events.append(RunFailed(node=flight.node, partition=flight.partition or None,
+                                    error_type=stopped["error_type"], message=stopped["reason"]))
+            return events
         events.append(PartitionCompleted(
             node=flight.node, partition=flight.partition, attempt=flight.attempt,
             manifest=info["manifest"], extra=info["extra"], report=info["report"],
@@ -674,9 +733,11 @@ class Executor:
             for key, part in self.state.nodes[dependency].partitions.items()
             if part.manifest is not None
         ]
+        params = self.pipeline.params_model.model_validate(self.state.params)
         sampled = await sample_checkpoints.remote(
             manifests, rows=self.config.sample_rows, checkpoint_root=self.state.checkpoint_root,
             run_id=self.config.run_id, gate=gate,
+            secrets=tuple(value for _, value in params if isinstance(value, Secret)),
         )
         summary = self._gate_summary(gate, sampled["schemas"])
         four_eyes = node.four_eyes
@@ -703,7 +764,10 @@ class Executor:
             if reports:
                 entry["validation"] = _merge_reports(reports)
             inputs[dependency] = entry
-        return {"inputs": inputs, "shared_state": dict(self.state.shared)}
+        findings = [{"rule": finding.rule, "action": finding.action, "node": finding.node,
+                     "partition": finding.partition, "rows": finding.rows, "detail": finding.detail}
+                    for finding in self.state.findings]
+        return {"inputs": inputs, "shared_state": dict(self.state.shared), "policy_findings": findings}
 
     def _outcome(self, status: str | None = None) -> RunOutcome:
         state = self.state

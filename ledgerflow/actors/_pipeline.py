@@ -20,6 +20,8 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import os
+import sys
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -34,6 +36,7 @@ from ledgerflow.actors._errors import ParameterError, PipelineDefinitionError
 from ledgerflow.actors._parquet_sink import ParquetDataset
 from ledgerflow.actors._postgres_sink import PostgresTable
 from ledgerflow.actors._sql import display_url
+from ledgerflow.actors._policy import PolicyRule, resolve_policies
 from ledgerflow.events import NodeSpec, RouteSpec
 
 KINDS = ("extract", "transform", "validate", "approval", "load", "step")
@@ -180,8 +183,15 @@ class Pipeline:
     Args:
         name: Shown in run listings and recorded at start.
         params: A pydantic model class for the run's parameters.
-        middleware: Extra middleware wrapped around every node attempt, after logging.
+        middleware: The pipeline's own middleware members, run inside the default
+            chain (logging, redaction, telemetry, policy rules), in the order given.
+        policies: Data-handling rules: a list of :class:`~ledgerflow.actors.PolicyRule`
+            (or mappings of their fields), or the path of a YAML rule file. A relative
+            path is resolved against the directory of the module that creates the pipeline.
         max_in_flight: The maximum number of tasks in flight at once (None: no limit).
+
+    Raises:
+        PolicyConfigurationError: A rule or the rule file is invalid.
     """
 
     def __init__(
@@ -190,11 +200,15 @@ class Pipeline:
         *,
         params: type[BaseModel] | None = None,
         middleware: Sequence[Any] = (),
+        policies: str | os.PathLike[str] | Sequence[Any] | None = None,
         max_in_flight: int | None = None,
     ) -> None:
         self.name = name
         self.params_model: type[BaseModel] = params or NoParams
         self.middleware = list(middleware)
+        caller = sys._getframe(1).f_globals.get("__file__")
+        self.policies: list[PolicyRule] = resolve_policies(
+            policies, base_directory=os.path.dirname(os.path.abspath(caller)) if caller else None)
         self.max_in_flight = max_in_flight
         self.nodes: dict[str, Node] = {}
         self.routes: dict[str, Route] = {}
@@ -356,6 +370,13 @@ class Pipeline:
                     node=node.name,
                 )
         order = self._topological_order()
+        for rule in self.policies:
+            for name in rule.nodes or ():
+                if name not in self.nodes:
+                    raise PipelineDefinitionError(
+                        f"policy rule {rule.name!r} checks node {name!r}, but pipeline {self.name!r} has no "
+                        f"node {name!r}", node=name,
+                    )
         for route in self.all_routes().values():
             for name in (*route.to, *route.otherwise):
                 if name not in self.nodes:
@@ -412,6 +433,19 @@ class Pipeline:
             if node.kind == "validate" and node.max_rejected_share is not None and node.name not in routes:
                 routes[node.name] = _quarantine_route(self, node)
         return routes
+
+    def policies_for(self, name: str) -> list[PolicyRule]:
+        """Return the policy rules that check the output of node ``name``.
+
+        A rule without ``nodes`` checks every node that a load node reads from.
+        """
+        return [rule for rule in self.policies if name in self._policy_scope(rule)]
+
+    def _policy_scope(self, rule: PolicyRule) -> set[str]:
+        if rule.nodes is not None:
+            return set(rule.nodes)
+        return {source.removesuffix(REJECTED_SUFFIX) for node in self.nodes.values() if node.kind == "load"
+                for source in node.inputs.values()}
 
     def children(self, name: str) -> list[str]:
         """Return the nodes that depend directly on ``name``."""
@@ -501,7 +535,11 @@ class Pipeline:
             per_node[name] = _sha256_json(shape)
         routes = {name: [route.name, route.to, route.otherwise, route.outcome, _source_of(route.when)]
                   for name, route in sorted(self.routes.items())}
-        overall = _sha256_json({"nodes": per_node, "routes": routes})
+        shape: dict[str, Any] = {"nodes": per_node, "routes": routes}
+        if self.policies:
+            # Only pipelines with rules include them, so fingerprints of older runs stay the same.
+            shape["policies"] = [rule.model_dump(mode="json") for rule in self.policies]
+        overall = _sha256_json(shape)
         return overall, per_node
 
     def node_specs(self, partitions: Mapping[str, list[Any] | None]) -> tuple[NodeSpec, ...]:

@@ -38,7 +38,9 @@ from ledgerflow.actors._lease import Lease, describe_holder, lease_is_free, leas
 from ledgerflow.actors._loader import canonical_locator, load_pipeline, locator_of
 from ledgerflow.actors._pipeline import Pipeline, changed_nodes
 from ledgerflow.actors._context import recorded_params
+from ledgerflow.actors._lineage import LineageEmitter, lineage_settings
 from ledgerflow.actors._logging import configure_logging
+from ledgerflow.actors._telemetry import telemetry_settings
 from ledgerflow.events import (
     ApprovalGranted,
     ApprovalRejected,
@@ -53,6 +55,7 @@ from ledgerflow.events import (
     apply,
     load_run_state,
     open_store,
+    redact_event,
     resolve_home,
     resolve_store_url,
     validate_stream_id,
@@ -152,7 +155,9 @@ def ensure_ray(address: str | None, *, log_to_driver: bool = False) -> None:
             ray.init(address=address, namespace=NAMESPACE, log_to_driver=log_to_driver,
                      logging_level=logging.ERROR)
         else:
-            ray.init(namespace=NAMESPACE, log_to_driver=log_to_driver, include_dashboard=False,
+            # "local" starts a new cluster. Without it, Ray 2.60 joins the cluster that a
+            # `ray start` left in /tmp/ray/ray_current_cluster, which is not private.
+            ray.init(address="local", namespace=NAMESPACE, log_to_driver=log_to_driver, include_dashboard=False,
                      logging_level=logging.ERROR)
     except (ConnectionError, RuntimeError, ValueError) as err:
         raise ConfigurationError(f"cannot connect to Ray at {address or 'a new local cluster'}: {err}") from err
@@ -241,7 +246,7 @@ def start_run(
         run_id=run_id, store_url=settings.store_url, checkpoint_root=settings.checkpoints,
         warehouse=settings.warehouse, start=start, max_in_flight=max_in_flight,
         backoff_scale=_backoff_scale(), fault_exit_after_seq=fault_exit_after_seq, log_level=_log_level(),
-        capture_states=capture_states,
+        capture_states=capture_states, telemetry=telemetry_settings(), lineage=lineage_settings(),
     )
     logger.debug("starting run", run_id=run_id, locator=locator)
     return _execute(settings, config, on_progress=on_progress, max_restarts=max_restarts,
@@ -305,6 +310,7 @@ def resume_run(
         warehouse=settings.warehouse, locator=target, allow_changed_code=allow_changed_code,
         accepted_by=accepted_by or default_submitter(), resume_reason=reason, max_in_flight=max_in_flight,
         backoff_scale=_backoff_scale(), fault_exit_after_seq=fault_exit_after_seq, log_level=_log_level(),
+        telemetry=telemetry_settings(), lineage=lineage_settings(),
     )
     return _execute(settings, config, on_progress=on_progress, max_restarts=max_restarts,
                     handle_sigint=handle_sigint)
@@ -471,12 +477,16 @@ async def _decide(settings: Settings, run_id: str, reviewer: str, approve: bool,
                 event = ApprovalRejected(gate=request.gate, reviewer=reviewer, comment=comment,
                                          request_seq=gate.request_seq)
             try:
-                result = await store.append(run_id, [event], expected_version=state.seq)
+                result = await store.append(run_id, [redact_event(event)], expected_version=state.seq)
             except ConcurrencyError:
                 continue
             status = "running" if approve else "rejected"
             logger.info("decision recorded", run_id=run_id, gate=request.gate, reviewer=reviewer,
                         decision="approved" if approve else "rejected")
+            if not approve:
+                # A rejection ends the run without an executor, so this process reports its end.
+                ended = await load_run_state(store, run_id)
+                await asyncio.to_thread(LineageEmitter(lineage_settings()).emit_end, ended)
             return RunResult(run_id, status, result.last_seq,
                              f"gate {request.gate!r} of run {run_id} {'approved' if approve else 'rejected'} "
                              f"by {reviewer}")
@@ -541,6 +551,8 @@ async def _cancel(settings: Settings, run_id: str, requested_by: str, reason: st
         finally:
             lease.release()
         logger.info("run cancelled", run_id=run_id, requested_by=requested_by)
+        # No executor has the run's lease, so this process reports its end.
+        await asyncio.to_thread(LineageEmitter(lineage_settings()).emit_end, await load_run_state(store, run_id))
         return RunResult(run_id, "cancelled", result, f"run {run_id} cancelled")
     finally:
         await store.close()
@@ -550,7 +562,8 @@ async def _append_retrying(store: Any, run_id: str, events: list[Event]) -> int:
     for _ in range(10):
         head = await store.head(run_id)
         try:
-            result = await store.append(run_id, events, expected_version=head.head_seq if head else 0)
+            result = await store.append(run_id, [redact_event(event) for event in events],
+                                        expected_version=head.head_seq if head else 0)
             return result.last_seq
         except ConcurrencyError:
             continue

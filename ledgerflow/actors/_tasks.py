@@ -19,17 +19,23 @@ import ray
 from ledgerflow.actors._checkpoints import CheckpointStore, read_checkpoint
 from ledgerflow.actors._context import (
     Attempt,
+    AttemptStopped,
     Context,
     LoggingMiddleware,
+    RedactionMiddleware,
+    Secret,
     bound_logger,
+    register_run_secrets,
     run_with_middleware,
 )
 from ledgerflow.actors._logging import configure_logging
 from ledgerflow.actors._parquet_sink import ParquetDataset, load_into_parquet
 from ledgerflow.actors._pipeline import LoadTarget, Node, Pipeline, Validation
 from ledgerflow.actors._postgres_sink import PostgresTable, load_into_postgres
+from ledgerflow.actors._policy import PolicyMiddleware
+from ledgerflow.actors._telemetry import TelemetryMiddleware
 from ledgerflow.actors._sinks import load_into_sqlite
-from ledgerflow.events import Manifest
+from ledgerflow.events import Manifest, redact_text
 
 
 @dataclass(frozen=True)
@@ -100,6 +106,18 @@ def _gather_inputs(request: TaskRequest, live_tables: tuple[pa.Table, ...]) -> d
     return tables
 
 
+def default_chain(pipeline: Pipeline, node: Node) -> list[Any]:
+    """Return the middleware chain of ``node``'s attempts, outermost first.
+
+    Logging, redaction, telemetry and the policy rules that check the node's
+    output come first, then the pipeline's own members. ``after`` hooks run
+    in reverse, so the pipeline's members see the node's output first and
+    the policy rules check what they hand on.
+    """
+    return [LoggingMiddleware(), RedactionMiddleware(), TelemetryMiddleware(),
+            PolicyMiddleware(pipeline.policies_for(node.name)), *pipeline.middleware]
+
+
 def _call_node(pipeline: Pipeline, node: Node, request: TaskRequest, tables: dict[str, pa.Table],
                attempt: Attempt) -> tuple[Any, dict[str, Any]]:
     assert node.function is not None
@@ -107,16 +125,16 @@ def _call_node(pipeline: Pipeline, node: Node, request: TaskRequest, tables: dic
     recorded: dict[str, Any] = {}
     if node.takes_partition:
         arguments["partition"] = request.partition_value
+    params = attempt.params
     if node.takes_context:
-        params = pipeline.params_model.model_validate(request.params)
         context = Context(
             run_id=request.run_id, node=request.node, partition=request.partition, attempt=request.attempt,
             params=params, state=dict(request.shared), logger=attempt.logger,
         )
         recorded = context.recorded
         arguments["context"] = context
-    chain = [LoggingMiddleware(), *pipeline.middleware]
-    result = run_with_middleware(chain, attempt, lambda: node.function(**arguments))  # type: ignore[misc]
+    result = run_with_middleware(default_chain(pipeline, node), attempt,
+                                 lambda: node.function(**arguments))  # type: ignore[misc]
     return result, recorded
 
 
@@ -152,15 +170,26 @@ def execute_partition(pipeline: Pipeline, request: TaskRequest, *live_tables: pa
     node = pipeline.nodes[request.node]
     logger = bound_logger(request.run_id, request.node, request.partition, request.attempt)
     attempt = Attempt(run_id=request.run_id, node=request.node, kind=node.kind, partition=request.partition,
-                      attempt=request.attempt, logger=logger)
+                      attempt=request.attempt, logger=logger,
+                      params=pipeline.params_model.model_validate(request.params), telemetry=request.extra)
     tables = _gather_inputs(request, live_tables)
-    result, facts = _call_node(pipeline, node, request, tables, attempt)
+    info: dict[str, Any] = {"facts": {}, "report": {}, "extra": {}, "manifest": None, "already_loaded": False,
+                            "events": attempt.events, "stopped": None}
+    try:
+        result, facts = _call_node(pipeline, node, request, tables, attempt)
+    except AttemptStopped as stopped:
+        # A member decided to stop the run: its events and reason are the outcome, not an error to retry.
+        info["stopped"] = {"reason": stopped.reason, "error_type": stopped.error_type}
+        info["duration_s"] = time.perf_counter() - started
+        return info, None
+    info["facts"] = facts
 
     store = CheckpointStore(request.checkpoint_root)
     where = {"run_id": request.run_id, "node": request.node, "partition": request.partition,
              "attempt": request.attempt}
-    info: dict[str, Any] = {"facts": facts, "report": {}, "extra": {}, "manifest": None, "already_loaded": False}
     output: pa.Table | None = None
+    for port, table in attempt.outputs.items():
+        info["extra"][port] = store.write(to_table(table, node=request.node), port=port, **where)
 
     if node.kind == "validate":
         if not isinstance(result, Validation):
@@ -186,14 +215,28 @@ def execute_partition(pipeline: Pipeline, request: TaskRequest, *live_tables: pa
     return info, output
 
 
+def _redact_strings(table: pa.Table) -> pa.Table:
+    """Return ``table`` with secrets masked in its string columns (reviewers' samples leave the run)."""
+    for index, column in enumerate(table.columns):
+        if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+            values = [None if value is None else redact_text(value) for value in column.to_pylist()]
+            table = table.set_column(index, table.field(index), pa.array(values, column.type))
+    return table
+
+
 @ray.remote(max_retries=0)
 def sample_checkpoints(manifests: list[tuple[str, str, Manifest]], *, rows: int, checkpoint_root: str,
-                       run_id: str, gate: str) -> dict[str, Any]:
+                       run_id: str, gate: str, secrets: tuple[Secret, ...] = ()) -> dict[str, Any]:
     """Read the first rows of the given checkpoints into a sample file for reviewers.
+
+    String values are redacted, with the values of ``secrets`` (the run's
+    secret parameters, as references) registered first.
 
     Returns:
         The schema of each input node and the sample's manifest.
     """
+    for secret in secrets:
+        register_run_secrets([("secret", secret)])
     sample_node = None
     schemas: dict[str, list[tuple[str, str]]] = {}
     samples: list[pa.Table] = []
@@ -209,7 +252,7 @@ def sample_checkpoints(manifests: list[tuple[str, str, Manifest]], *, rows: int,
             piece = table.slice(0, rows - collected)
             samples.append(piece)
             collected += piece.num_rows
-    sample = pa.concat_tables(samples) if samples else pa.table({})
+    sample = _redact_strings(pa.concat_tables(samples)) if samples else pa.table({})
     manifest = CheckpointStore(checkpoint_root).write(sample, run_id=run_id, node=gate, partition="",
                                                      attempt=1, port="sample")
     return {"schemas": schemas, "sample": manifest}

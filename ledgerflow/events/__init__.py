@@ -35,6 +35,7 @@ from ledgerflow.events._errors import (
     UsageError,
 )
 from ledgerflow.events._model import Event, event_class, registered_types, upcaster
+from ledgerflow.events._redact import MASK, is_secret_key, redact, redact_event, redact_text, register_secret
 from ledgerflow.events._replay import load_run_state, open_store, resolve_home, resolve_store_url
 from ledgerflow.events._run_events import (
     ApprovalGranted,
@@ -110,6 +111,7 @@ __all__ = [
     "LedgerflowError",
     "LogFormatError",
     "LogNotFoundError",
+    "MASK",
     "Manifest",
     "NewEvent",
     "NodeAttemptFailed",
@@ -159,12 +161,17 @@ __all__ = [
     "fold",
     "format_recorded_at",
     "head_mac",
+    "is_secret_key",
     "key_from_environment",
     "key_id",
     "load_run_state",
     "open_store",
     "parse_key",
     "parse_recorded_at",
+    "redact",
+    "redact_event",
+    "redact_text",
+    "register_secret",
     "registered_types",
     "resolve_home",
     "resolve_store_url",

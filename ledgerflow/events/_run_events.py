@@ -192,12 +192,16 @@ class ApprovalRejected(Event):
 
 
 class PolicyViolated(Event):
+    """A policy rule's finding in the data a node handed on, and the action taken (block, mask, quarantine)."""
+
     node: str
     partition: str | None
     rule: str
     action: str
     detail: str
     columns: tuple[str, ...] = ()
+    #: Rows the finding concerns (masked, quarantined, or that would have been handed on).
+    rows: int = 0
 
 
 class CancelRequested(Event):

@@ -28,6 +28,7 @@ from ledgerflow.events._run_events import (
     NodeSpec,
     NodeStarted,
     PartitionCompleted,
+    PolicyViolated,
     RouteSpec,
     RouteTaken,
     RunCancelled,
@@ -124,6 +125,7 @@ class RunState:
     attempts_failed: int = 0
     #: Checkpoint URIs that retention removed, each with the seq that recorded it.
     removed_checkpoints: dict[str, int] = field(default_factory=dict)
+    findings: list[PolicyViolated] = field(default_factory=list)
 
     @property
     def terminal(self) -> bool:
@@ -297,6 +299,10 @@ def _approval_rejected(state: RunState, event: ApprovalRejected, at: str | None)
     state.ended_at = at
 
 
+def _policy_violated(state: RunState, event: PolicyViolated, at: str | None) -> None:
+    state.findings.append(event)
+
+
 def _cancel_requested(state: RunState, event: CancelRequested, at: str | None) -> None:
     state.cancel_requested = event
 
@@ -335,6 +341,7 @@ _HANDLERS: dict[type[Event], Any] = {
     ApprovalRequested: _approval_requested,
     ApprovalGranted: _approval_granted,
     ApprovalRejected: _approval_rejected,
+    PolicyViolated: _policy_violated,
     CancelRequested: _cancel_requested,
     RunInterrupted: _run_interrupted,
     RunCompleted: _terminal("completed"),

@@ -5,7 +5,9 @@ Both runs load January and February 2013 (about 50,000 flights).
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import re
 import signal
 import sqlite3
 
@@ -20,7 +22,8 @@ pytestmark = pytest.mark.slow
 MONTHS = "months=1,2"
 FLIGHT_KEY = "year, month, day, carrier, flight, sched_dep_time, origin"
 MONTHLY_SUMMARY = ("SELECT month, COUNT(*), SUM(dep_delay), SUM(arr_delay), SUM(air_time), "
-                   "ROUND(SUM(temp), 3), COUNT(carrier_name), COUNT(manufacturer) FROM flights GROUP BY month")
+                   "ROUND(SUM(temp), 3), COUNT(carrier_name), COUNT(manufacturer), COUNT(DISTINCT tailnum), "
+                   "MIN(tailnum), MAX(tailnum) FROM flights GROUP BY month")
 
 
 def _monthly_summary(cli):
@@ -71,10 +74,26 @@ def test_killed_run_resumes_to_same_warehouse(cli, helpers, uninterrupted):
     enriched = [payload["partition"] for _, kind, payload in cli.logged("flights-killed")
                 if kind == "PartitionCompleted" and payload.get("node") == "enriched"]
     assert sorted(enriched) == ["1", "2"], "a finished partition of enriched was computed again"
+    findings = [(payload["partition"], payload["detail"].split(" of ")[1].split(" ")[0])
+                for _, kind, payload in cli.logged("flights-killed") if kind == "PolicyViolated"]
+    assert sorted(findings) == [("1", "output"), ("1", "rejected"), ("2", "output"), ("2", "rejected")]
     assert _monthly_summary(cli) == _monthly_summary(uninterrupted)
     assert cli.rows("flights", order_by=FLIGHT_KEY) == uninterrupted.rows("flights", order_by=FLIGHT_KEY)
     assert cli.rows("flights_quarantine", order_by=FLIGHT_KEY) == \
         uninterrupted.rows("flights_quarantine", order_by=FLIGHT_KEY)
+
+
+def test_tail_numbers_hashed(uninterrupted):
+    query = "SELECT DISTINCT tailnum FROM {} WHERE tailnum IS NOT NULL"
+    with sqlite3.connect(uninterrupted.warehouse_path) as conn:
+        loaded = {row[0] for row in conn.execute(query.format("flights"))}
+        quarantined = {row[0] for row in conn.execute(query.format("flights_quarantine"))}
+
+    assert loaded
+    assert quarantined
+    assert all(re.fullmatch("[0-9a-f]{64}", value) for value in loaded | quarantined)
+    # N14228 flew the first flight of 2013 (UA 1545 from EWR), so its digest is among the loaded rows.
+    assert hashlib.sha256(b"N14228").hexdigest() in loaded
 
 
 def test_low_threshold_quarantines(cli, helpers):

@@ -11,6 +11,7 @@ import re
 import select
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -119,3 +120,26 @@ def test_json_in_terminal_never_prompts(cli, helpers, terminal):
     assert session.wait() == 3, session.text
     assert "decision" not in session.text
     assert '"status": "waiting_for_approval"' in session.text
+
+
+@pytest.mark.slow
+def test_gate_shows_policy_findings(cli, terminal, tmp_path):
+    pipeline = f"{Path(__file__).resolve().parents[1] / 'actors' / 'pipelines' / 'policed.py'}:gated"
+    session = terminal(cli.command("run", pipeline, "--param", f"trace={tmp_path / 'trace.txt'}",
+                                   "--run-id", "policed", "--log-level", "info"))
+
+    session.expect("decision [approve/reject/later] (approve):")
+    assert "policy findings (4):" in session.text
+    assert "hash-email (mask) at cleaned[north]: hashed column email of output with SHA-256 (3 rows)" in session.text
+    session.type_line("approve")
+    session.expect("reviewer (")
+    session.type_line("carol")
+    session.expect("comment")
+    session.type_line("")
+
+    assert session.wait() == 0, session.text
+    # In a terminal, ledgerflow's log lines are readable lines, not JSON objects.
+    decision_lines = [line for line in session.text.splitlines() if "decision recorded" in line]
+    assert decision_lines
+    assert not any(line.lstrip().startswith("{") for line in decision_lines)
+    assert "reviewer=carol" in decision_lines[0]

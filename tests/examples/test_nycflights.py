@@ -4,11 +4,13 @@ The warehouse is compared with an independent computation of the same rules in
 pandas. A flight lacking dep_time, arr_time or air_time is quarantined with a
 reason that names every missing column. Every other flight is loaded, enriched
 by left joins with airlines, airports, planes and the first weather observation
-per (origin, year, month, day, hour).
+per (origin, year, month, day, hour). Both tables hold the SHA-256 hex digest
+of each tail number, not the tail number.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import sqlite3
 from collections.abc import Iterator
@@ -47,6 +49,11 @@ class Reference:
     loaded: pd.DataFrame
     quarantined: pd.DataFrame
     unmatched: pd.DataFrame  # per month: plane, origin_airport, dest_airport, weather
+
+
+def _sha256(values: pd.Series) -> pd.Series:
+    """Hash each tail number as the example's policy rule does: SHA-256 of its UTF-8 bytes, in hex."""
+    return values.map(lambda value: hashlib.sha256(value.encode("utf-8")).hexdigest())
 
 
 def _reason(missing: tuple[bool, ...]) -> str | None:
@@ -157,6 +164,10 @@ def _check_warehouse(finished: Finished, expected: Reference, months: list[int])
     assert _scalar(warehouse, "SELECT COUNT(manufacturer) FROM flights") == expected.loaded["manufacturer"].count()
     assert _scalar(warehouse, "SELECT COUNT(dest_name) FROM flights") == expected.loaded["dest_name"].count()
     assert _scalar(warehouse, "SELECT COUNT(carrier_name) FROM flights") == len(expected.loaded)
+    for table, frame in (("flights", expected.loaded), ("flights_quarantine", expected.quarantined)):
+        hashed = dict(_query(warehouse, f"SELECT tailnum, COUNT(*) FROM {table} WHERE tailnum IS NOT NULL "
+                                        "GROUP BY tailnum"))
+        assert hashed == _sha256(frame["tailnum"].dropna()).value_counts().to_dict(), table
 
     markers = _query(warehouse, "SELECT node, partition FROM _ledgerflow_loads WHERE run_id = ?",
                      (finished.first.run_id,))
