@@ -288,7 +288,6 @@ class PostgresEventStore(ChainedStore):
         except BaseException:
             await pool.close()
             raise
-        logger.debug("postgres store opened", store=location.display)
         return cls(location, pool, key, chain)
 
     async def close(self) -> None:
@@ -501,7 +500,6 @@ async def _prepare_schema(
                     f"INSERT INTO {location.quoted_schema}.meta (key, value) VALUES ($1, $2)",
                     list(initial_meta(key).items()),
                 )
-                logger.info("postgres log created", store=location.display, schema=location.schema)
                 tables = {"meta"}
     if "meta" not in tables:
         raise NotALogError(
