@@ -46,7 +46,6 @@ from ledgerflow.events._backend import (
     chain_rows,
     check_meta,
     initial_meta,
-    repeated_ids_error,
     retried_append,
 )
 from ledgerflow.events._chain import MIN_KEY_BYTES, ZERO_HASH, head_mac, validate_stream_id
