@@ -35,7 +35,7 @@ from ledgerflow.events._errors import (
     UsageError,
 )
 from ledgerflow.events._model import Event, event_class, registered_types, upcaster
-from ledgerflow.events._replay import load_run_state, open_store, resolve_home, resolve_store_url
+from ledgerflow.events._replay import is_postgres_url, load_run_state, open_store, resolve_home, resolve_store_url
 from ledgerflow.events._run_events import (
     ApprovalGranted,
     ApprovalRejected,
@@ -152,6 +152,7 @@ __all__ = [
     "event_class",
     "fold",
     "format_recorded_at",
+    "is_postgres_url",
     "head_mac",
     "key_from_environment",
     "key_id",
