@@ -307,7 +307,7 @@ class PostgresLease:
 def _set_client_keepalive(connection: Any) -> None:
     """Turn on client-side TCP keepalive, so this process also notices a dead server within seconds.
 
-    asyncpg has no keepalive option (checked on asyncpg 0.30), so the socket
+    asyncpg has no keepalive option (its 0.32 connect code never sets one), so the socket
     is reached through the connection's private ``_transport``.
     """
     transport = getattr(connection, "_transport", None)

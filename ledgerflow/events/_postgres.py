@@ -1,6 +1,6 @@
 """The PostgreSQL event store (asyncpg), for logs that several hosts share.
 
-One PostgreSQL schema holds one log, with the same tables as the SQLite
+One PostgreSQL schema contains one log, with the same tables as the SQLite
 store: ``meta``, ``events`` (append-only, enforced by triggers that raise on
 UPDATE, DELETE and TRUNCATE), ``streams`` (each stream's head, written in the
 same transaction as the append) and ``leases`` (who holds a run's lease; not
@@ -68,7 +68,7 @@ DEFAULT_SCHEMA = "ledgerflow"
 #: mixed-case schema would need quoting in every psql session.
 SCHEMA_PATTERN = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 CONNECT_TIMEOUT_S = 10.0
-#: Longest wait of a caught-up ``subscribe`` between reads when no NOTIFY arrives.
+#: Maximum wait of a caught-up ``subscribe`` between reads when no NOTIFY arrives.
 FALLBACK_POLL_S = 1.0
 POOL_MAX_SIZE = 4
 
@@ -79,7 +79,7 @@ _EVENT_COLUMNS = (
 
 @dataclass(frozen=True)
 class PostgresLocation:
-    """Where a PostgreSQL log lives, parsed from its URL."""
+    """The location of a PostgreSQL log, parsed from its URL."""
 
     #: The URL that asyncpg connects with: the store URL without ``schema``, password kept.
     dsn: str
@@ -272,7 +272,7 @@ class PostgresEventStore(ChainedStore):
                 set, or the key is shorter than 32 bytes.
             StoreError: The server is unreachable, the database does not
                 exist or the login failed.
-            LogNotFoundError: The schema holds no log and ``create`` is false.
+            LogNotFoundError: The schema contains no log and ``create`` is false.
             NotALogError: The schema holds tables but not a ledgerflow log.
             LogFormatError: The log was written by a newer format version.
             TamperedLogError: A key is set but the log is unkeyed or uses another key.
