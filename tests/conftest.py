@@ -21,7 +21,10 @@ def ray_address() -> Iterator[str]:
     import ray
 
     previous = os.environ.pop("RAY_ADDRESS", None)
-    ray.init(include_dashboard=False, namespace="ledgerflow", logging_level=logging.ERROR, log_to_driver=False)
+    # address="local" starts a new cluster even when another one on this
+    # machine is registered in /tmp/ray, which ray.init would otherwise join.
+    ray.init(address="local", include_dashboard=False, namespace="ledgerflow", logging_level=logging.ERROR,
+             log_to_driver=False)
     address = ray.get_runtime_context().gcs_address
     os.environ["RAY_ADDRESS"] = address
     yield address
