@@ -51,6 +51,7 @@ from ledgerflow.events import (
     RunStarted,
     RunState,
     apply,
+    is_postgres_url,
     load_run_state,
     open_store,
     resolve_home,
@@ -158,7 +159,13 @@ def ensure_ray(address: str | None, *, log_to_driver: bool = False) -> None:
 
 
 def _actor_name(run_id: str, settings: Settings) -> str:
-    home_hash = hashlib.sha256(settings.store_url.encode()).hexdigest()[:12]
+    store = settings.store_url
+    if is_postgres_url(store):
+        # Without the password, so one log gets one name whichever credentials reach it.
+        from ledgerflow.events._postgres import parse_url
+
+        store = parse_url(store).display
+    home_hash = hashlib.sha256(store.encode()).hexdigest()[:12]
     return f"{run_id}@{home_hash}"
 
 

@@ -77,7 +77,7 @@ def test_lease_acquire_release(store_url):
     assert lease_is_free(store_url, "run-1")
 
 
-def test_lease_probe_takes_no_lock(store_url):
+def test_lease_probe_leaves_lock_free(store_url):
     for _ in range(3):
         assert lease_is_free(store_url, "run-1")
 
@@ -142,3 +142,14 @@ def test_lease_connection_keepalive(store_url):
     assert server_side == ["5", "2", "3"]
     assert client_side != 0
     assert idle == 5
+
+
+def test_actor_name_ignores_password(tmp_path):
+    from ledgerflow.actors._runner import _actor_name
+
+    with_password = lf.Settings.resolve(home=str(tmp_path), store="postgresql://alice:s3cret@db:5432/test?schema=s")
+    without = lf.Settings.resolve(home=str(tmp_path), store="postgresql://alice@db:5432/test?schema=s")
+    other_schema = lf.Settings.resolve(home=str(tmp_path), store="postgresql://alice@db:5432/test?schema=t")
+
+    assert _actor_name("run-1", with_password) == _actor_name("run-1", without)
+    assert _actor_name("run-1", with_password) != _actor_name("run-1", other_schema)
