@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import socket
+import subprocess
 
 import pytest
 
@@ -48,8 +51,6 @@ def test_store_environment_variable(cli, postgres_url):
     store = postgres_url()
     environment = {**os.environ, "LEDGERFLOW_STORE": store}
 
-    import subprocess
-
     completed = subprocess.run(cli.command("runs", "--json"), capture_output=True, text=True, env=environment,
                                timeout=120)
 
@@ -83,3 +84,48 @@ def test_not_a_log_exits_2(cli, postgres_server):
 
     assert result.returncode == 2, str(result)
     assert "not a ledgerflow log" in result.stderr
+
+
+@pytest.mark.slow
+def test_follow_interrupt_resume_on_postgres(cli, helpers, blocking, postgres_url):
+    store = postgres_url()
+    running = cli.start("run", helpers.pipeline_path("blocking.py"), *blocking.params(), "--run-id", "paused",
+                        "--store", store)
+    blocking.wait_started(running)
+    held = cli("resume", "paused", "--store", store, "--json")
+    follow = subprocess.Popen(cli.command("events", "paused", "--follow", "--json", "--store", store),
+                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        reader = helpers.LineReader(follow.stdout.fileno())
+        seen = []
+        while True:
+            line = reader.readline(timeout_s=60)
+            if line is None:
+                break
+            seen.append(json.loads(line))
+            # The node is still blocked, so RunInterrupted reaches --follow live.
+            if seen[-1]["type"] == "NodeStarted":
+                running.send_signal(signal.SIGINT)
+        follow.wait(timeout=30)
+        follow_errors = follow.stderr.read().decode("utf-8", errors="replace")
+    finally:
+        if follow.poll() is None:
+            follow.kill()
+        follow.wait(timeout=30)
+        follow.stdout.close()
+        follow.stderr.close()
+    interrupted = running.wait()
+    shown = cli("show", "paused", "--store", store, "--json")
+    blocking.release_node()
+    resumed = cli("resume", "paused", "--store", store, "--json")
+
+    assert held.returncode == 7, str(held)
+    assert "held by another executor" in held.json()["error"]
+    assert follow.returncode == 0, follow_errors
+    assert [event["seq"] for event in seen] == list(range(1, len(seen) + 1))
+    assert seen[-1]["type"] == "RunInterrupted"
+    assert interrupted.returncode == 130, str(interrupted)
+    assert shown.json()["status"] == "interrupted"
+    assert resumed.returncode == 0, str(resumed)
+    assert resumed.json()["status"] == "completed"
+    assert cli.rows("released") == [(1,), (2,), (3,)]
