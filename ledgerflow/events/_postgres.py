@@ -46,6 +46,7 @@ from ledgerflow.events._backend import (
     chain_rows,
     check_meta,
     initial_meta,
+    repeated_ids_error,
     retried_append,
 )
 from ledgerflow.events._chain import MIN_KEY_BYTES, ZERO_HASH, head_mac, validate_stream_id
@@ -326,13 +327,19 @@ class PostgresEventStore(ChainedStore):
                 async with conn.transaction():
                     # Held to commit: appends commit in position order (see the module docstring).
                     await conn.execute("SELECT pg_advisory_xact_lock($1)", self._append_lock)
-                    stored = {
-                        row[0]: (row[1], row[2], row[3])
-                        for row in await conn.fetch(
-                            f"SELECT event_id, stream_id, seq, hash FROM {s}.events WHERE event_id = ANY($1::text[])",
-                            event_ids,
-                        )
-                    }
+                    # A retried append resends the whole batch, so a new first id means
+                    # none is stored; a batch that partly repeats stored ids then fails
+                    # on the unique index. The single-id lookup always uses that index.
+                    stored = {}
+                    if await conn.fetchval(f"SELECT 1 FROM {s}.events WHERE event_id = $1", event_ids[0]):
+                        stored = {
+                            row[0]: (row[1], row[2], row[3])
+                            for row in await conn.fetch(
+                                f"SELECT event_id, stream_id, seq, hash FROM {s}.events "
+                                "WHERE event_id = ANY($1::text[])",
+                                event_ids,
+                            )
+                        }
                     if stored:
                         return retried_append(stream_id, encoded, stored)
                     head = await conn.fetchrow(
@@ -348,6 +355,13 @@ class PostgresEventStore(ChainedStore):
                     await conn.execute(self._upsert_head, stream_id, last_seq, last_hash, mac)
                     await conn.execute("SELECT pg_notify($1, $2)", self._channel, stream_id)
             except asyncpg.UniqueViolationError as err:
+                if err.constraint_name == "events_event_id":
+                    # The first id was new, so the lookup above did not look at the others.
+                    rows = await conn.fetch(
+                        f"SELECT event_id, stream_id, seq, hash FROM {s}.events WHERE event_id = ANY($1::text[])",
+                        event_ids,
+                    )
+                    raise repeated_ids_error(stream_id, encoded, {row[0]: (row[1], row[2], row[3]) for row in rows}) from err
                 if err.constraint_name != "events_stream_seq":
                     raise StoreError(f"append to stream {stream_id!r} failed: {err}", path=self.path) from err
                 # The head row matched, yet a row already has the next seq: the head was rewound by hand.
