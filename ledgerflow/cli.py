@@ -42,11 +42,13 @@ from ledgerflow.actors._runner import new_run_id
 from ledgerflow.projections import audit_run, caught_up_projector, export_run
 from ledgerflow.events import (
     LedgerflowError,
+    LogNotFoundError,
     RunNotFoundError,
     RunState,
     TamperedLogError,
     UsageError,
     apply,
+    is_postgres_url,
     load_run_state,
     open_store,
     redact_text,
@@ -276,11 +278,14 @@ def runs(options: Options) -> int:
     """List runs, newest first (from the read models, caught up with the log first)."""
 
     async def collect() -> list[dict[str, Any]]:
-        if not os.path.exists(options.settings.store_path):
+        if not is_postgres_url(options.settings.store_url) and not os.path.exists(options.settings.store_path):
             return []
-        store = await open_store(options.settings.store_url, create=False)
         try:
-            projector = await caught_up_projector(store)
+            store = await open_store(options.settings.store_url, create=False)
+        except LogNotFoundError:
+            return []
+        try:
+            projector = await caught_up_projector(store, home=options.settings.home)
             rows = [dict(row) for row in projector.query(
                 "SELECT run_id, pipeline, status, submitter, started_at, ended_at, events, interrupted "
                 "FROM runs ORDER BY started_at DESC")]
@@ -288,7 +293,7 @@ def runs(options: Options) -> int:
             await store.close()
         for row in rows:
             row.pop("interrupted")
-            if row["status"] == "running" and lease_is_free(store.path, row["run_id"]):
+            if row["status"] == "running" and lease_is_free(options.settings.store_url, row["run_id"]):
                 row["status"] = "interrupted"
         return rows
 
@@ -306,7 +311,7 @@ def runs(options: Options) -> int:
 def show(options: Options, run_id: str) -> int:
     """Show RUN's status, nodes, timings and row counts."""
     state = _load(options, run_id)
-    status = status_of(state, options.settings.store_path)
+    status = status_of(state, options.settings.store_url)
     summary = render.run_summary(state, status)
     if options.as_json:
         click.echo(json.dumps(summary, default=str))
@@ -351,7 +356,7 @@ async def _print_events(options: Options, run_id: str, from_seq: int, follow: bo
             apply(prefix, event, seq=recorded.seq, recorded_at=recorded.recorded_at)
             if recorded.seq >= from_seq:
                 _echo_event(options, recorded, event, prefix.status)
-        if not follow or _stops_following(prefix, store.path):
+        if not follow or _stops_following(prefix, options.settings.store_url):
             return 0
         position = await _global_position(store, run_id, state.seq)
         async for recorded in store.subscribe(after_position=position, stream_id=run_id, poll_interval=0.1):
@@ -359,17 +364,17 @@ async def _print_events(options: Options, run_id: str, from_seq: int, follow: bo
             apply(prefix, event, seq=recorded.seq, recorded_at=recorded.recorded_at)
             if recorded.seq >= from_seq:
                 _echo_event(options, recorded, event, prefix.status)
-            if _stops_following(prefix, store.path):
+            if _stops_following(prefix, options.settings.store_url):
                 break
         return 0
     finally:
         await store.close()
 
 
-def _stops_following(state: RunState, store_path: str) -> bool:
+def _stops_following(state: RunState, store_url: str) -> bool:
     if state.terminal or state.status == "waiting_for_approval":
         return True
-    return bool(state.interrupted) and lease_is_free(store_path, state.run_id)
+    return bool(state.interrupted) and lease_is_free(store_url, state.run_id)
 
 
 async def _global_position(store: Any, run_id: str, seq: int) -> int:
@@ -455,7 +460,7 @@ def audit(options: Options, run_id: str) -> int:
     async def collect() -> dict[str, Any]:
         store = await open_store(options.settings.store_url, create=False)
         try:
-            return await audit_run(store, run_id)
+            return await audit_run(store, run_id, home=options.settings.home)
         finally:
             await store.close()
 

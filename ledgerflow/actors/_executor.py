@@ -27,7 +27,7 @@ from ledgerflow.actors._errors import (
     CodeChangedError,
     RunExistsError,
 )
-from ledgerflow.actors._lease import Lease
+from ledgerflow.actors._lease import open_lease
 from ledgerflow.actors._lineage import LineageEmitter
 from ledgerflow.actors._loader import load_pipeline
 from ledgerflow.actors._logging import configure_logging
@@ -170,7 +170,7 @@ class Executor:
 
     async def run(self) -> RunOutcome:
         self.store = await open_store(self.config.store_url)
-        lease = Lease(self.store.path, self.config.run_id)
+        lease = open_lease(self.config.store_url, self.config.run_id)
         try:
             lease.acquire(holder={"host": socket.gethostname(), "pid": os.getpid()}, wait_s=2.0)
             self.log.info("executor started", pid=os.getpid())

@@ -21,7 +21,7 @@ import structlog
 
 from ledgerflow.actors._checkpoints import CheckpointStore, check_checkpoint
 from ledgerflow.actors._errors import ConfigurationError, LeaseHeldError
-from ledgerflow.actors._lease import Lease
+from ledgerflow.actors._lease import open_lease
 from ledgerflow.actors._logging import configure_logging
 from ledgerflow.actors._runner import Settings
 from ledgerflow.events import (
@@ -88,7 +88,7 @@ async def _collect(settings: Settings, days: float, dry_run: bool, now: dt.datet
                 logger.error("run skipped, chain does not verify", run_id=head.stream_id, error=str(err))
                 results.append(Collected(head.stream_id, "tampered", "skipped", str(err)))
                 continue
-            results.append(await _collect_run(store, state, cutoff, days, dry_run))
+            results.append(await _collect_run(store, settings.store_url, state, cutoff, days, dry_run))
     finally:
         await store.close()
     removed = [item for item in results if item.action == "removed"]
@@ -96,7 +96,7 @@ async def _collect(settings: Settings, days: float, dry_run: bool, now: dt.datet
     return results
 
 
-async def _collect_run(store: Any, state: RunState, cutoff: dt.datetime, days: float,
+async def _collect_run(store: Any, store_url: str, state: RunState, cutoff: dt.datetime, days: float,
                        dry_run: bool) -> Collected:
     run_id = state.run_id
     if not state.terminal:
@@ -115,7 +115,7 @@ async def _collect_run(store: Any, state: RunState, cutoff: dt.datetime, days: f
         return Collected(run_id, state.status, "would remove", f"ended {state.ended_at}", files, size)
 
     # The lease keeps a resume of the finished run from reading files while they go.
-    lease = Lease(store.path, run_id)
+    lease = open_lease(store_url, run_id)
     try:
         lease.acquire(holder={"host": socket.gethostname(), "pid": os.getpid(), "command": "gc"}, wait_s=1.0)
     except LeaseHeldError as err:

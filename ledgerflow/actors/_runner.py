@@ -34,7 +34,7 @@ from ledgerflow.actors._errors import (
     RunExistsError,
 )
 from ledgerflow.actors._executor import ExecutorConfig, RunActor, RunOutcome
-from ledgerflow.actors._lease import Lease, describe_holder, lease_is_free, lease_path
+from ledgerflow.actors._lease import lease_holder, lease_is_free, open_lease
 from ledgerflow.actors._loader import canonical_locator, load_pipeline, locator_of
 from ledgerflow.actors._pipeline import Pipeline, changed_nodes
 from ledgerflow.actors._context import recorded_params
@@ -53,6 +53,7 @@ from ledgerflow.events import (
     RunStarted,
     RunState,
     apply,
+    is_postgres_url,
     load_run_state,
     open_store,
     redact_event,
@@ -99,7 +100,7 @@ class Settings:
 
     @property
     def store_path(self) -> str:
-        """The SQLite log's file path (the store URL without a ``sqlite://`` prefix)."""
+        """The SQLite log's file path (the store URL without a ``sqlite://`` prefix), or a PostgreSQL URL as is."""
         return self.store_url.removeprefix("sqlite:///") if self.store_url.startswith("sqlite:///") else self.store_url
 
 
@@ -135,9 +136,9 @@ def new_run_id(pipeline_name: str) -> str:
     return f"{base}-{stamp}-{secrets.token_hex(2)}"
 
 
-def status_of(state: RunState, store_path: str) -> str:
+def status_of(state: RunState, store_url: str) -> str:
     """Return the status to show: a run not ended and not held by an executor is ``interrupted``."""
-    if state.status == "running" and lease_is_free(store_path, state.run_id):
+    if state.status == "running" and lease_is_free(store_url, state.run_id):
         return "interrupted"
     return state.status
 
@@ -185,7 +186,13 @@ def _send_ray_messages_to_stderr() -> None:
 
 
 def _actor_name(run_id: str, settings: Settings) -> str:
-    home_hash = hashlib.sha256(settings.store_url.encode()).hexdigest()[:12]
+    store = settings.store_url
+    if is_postgres_url(store):
+        # Without the password, so one log gets one name whichever credentials reach it.
+        from ledgerflow.events._postgres import parse_url
+
+        store = parse_url(store).display
+    home_hash = hashlib.sha256(store.encode()).hexdigest()[:12]
     return f"{run_id}@{home_hash}"
 
 
@@ -298,8 +305,8 @@ def resume_run(
         return RunResult(run_id, state.status, state.seq, message, changed=False)
     if state.status == "waiting_for_approval":
         return RunResult(run_id, state.status, state.seq, _waiting_message(run_id), changed=False)
-    if not lease_is_free(settings.store_path, run_id):
-        raise LeaseHeldError(run_id, describe_holder(lease_path(settings.store_path, run_id)))
+    if not lease_is_free(settings.store_url, run_id):
+        raise LeaseHeldError(run_id, lease_holder(settings.store_url, run_id))
     target = canonical_locator(locator) if locator else state.locator
     pipeline = load_pipeline(target)
     fingerprint, per_node = pipeline.fingerprints()
@@ -532,7 +539,7 @@ async def _cancel(settings: Settings, run_id: str, requested_by: str, reason: st
         if state.terminal:
             raise DecisionRefusedError(f"run {run_id} already ended as {state.status}: nothing to cancel",
                                        run_id=run_id, status=state.status)
-        lease = Lease(store.path, run_id)
+        lease = open_lease(settings.store_url, run_id)
         request = CancelRequested(requested_by=requested_by, reason=reason)
         try:
             # The wait covers another process probing the lease for a moment.
@@ -542,7 +549,7 @@ async def _cancel(settings: Settings, run_id: str, requested_by: str, reason: st
             await _append_retrying(store, run_id, [request])
             logger.info("cancel requested", run_id=run_id, requested_by=requested_by)
             state = await _wait_terminal(store, run_id, wait_s)
-            return RunResult(run_id, status_of(state, store.path), state.seq,
+            return RunResult(run_id, status_of(state, settings.store_url), state.seq,
                              f"run {run_id} {state.status}" if state.terminal
                              else f"cancel of run {run_id} requested; the executor has not stopped yet")
         try:

@@ -36,7 +36,7 @@ from ledgerflow.events._errors import (
 )
 from ledgerflow.events._model import Event, event_class, registered_types, upcaster
 from ledgerflow.events._redact import MASK, is_secret_key, redact, redact_event, redact_text, register_secret
-from ledgerflow.events._replay import load_run_state, open_store, resolve_home, resolve_store_url
+from ledgerflow.events._replay import is_postgres_url, load_run_state, open_store, resolve_home, resolve_store_url
 from ledgerflow.events._run_events import (
     ApprovalGranted,
     ApprovalRejected,
@@ -160,6 +160,7 @@ __all__ = [
     "event_class",
     "fold",
     "format_recorded_at",
+    "is_postgres_url",
     "head_mac",
     "is_secret_key",
     "key_from_environment",

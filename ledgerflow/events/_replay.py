@@ -30,7 +30,10 @@ def resolve_store_url(home_dir: str, store: str | None = None) -> str:
 async def open_store(
     url: str | os.PathLike[str], *, key: bytes | None | object = _KEY_FROM_ENVIRONMENT, create: bool = True
 ) -> EventStore:
-    """Open an event store by URL: a SQLite file path (or ``sqlite:///path``).
+    """Open an event store by URL: a SQLite file path (or ``sqlite:///path``) or a ``postgresql://`` URL.
+
+    A PostgreSQL URL may pick the log's schema with ``?schema=NAME``
+    (default ``ledgerflow``); see :mod:`ledgerflow.events._postgres`.
 
     The log key comes from ``LEDGERFLOW_LOG_KEY`` unless ``key`` is given.
 
@@ -46,11 +49,24 @@ async def open_store(
             raise UsageError(str(err)) from err
     else:
         resolved_key = key
+    if is_postgres_url(text):
+        # Imported here so that SQLite users do not pay for loading asyncpg.
+        from ledgerflow.events._postgres import PostgresEventStore
+
+        return await PostgresEventStore.open(text, key=resolved_key, create=create)  # type: ignore[arg-type]
     if text.startswith("sqlite:///"):
         text = text[len("sqlite:///") - 1 :] if text.startswith("sqlite:////") else text[len("sqlite:///") :]
     elif "://" in text:
-        raise UsageError(f"unsupported store URL {text!r}: pass a SQLite file path")
+        raise UsageError(
+            f"unsupported store URL {text!r}: pass a SQLite file path or a "
+            "postgresql://USER@HOST:PORT/DATABASE?schema=NAME URL"
+        )
     return await SqliteEventStore.open(text, key=resolved_key, create=create)  # type: ignore[arg-type]
+
+
+def is_postgres_url(url: str) -> bool:
+    """Return whether ``url`` names a PostgreSQL store (``postgresql://`` or ``postgres://``)."""
+    return url.lower().startswith(("postgresql://", "postgres://"))
 
 
 async def load_run_state(

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import hashlib
+import itertools
 import os
 import sqlite3
 import time
@@ -24,20 +24,22 @@ from typing import Any
 import aiosqlite
 import structlog
 
+from ledgerflow.events._backend import (
+    ChainedStore,
+    chain_rows,
+    check_meta,
+    initial_meta,
+    repeated_ids_error,
+    retried_append,
+)
 from ledgerflow.events._chain import (
-    CHAIN_HMAC,
-    CHAIN_SHA256,
     MIN_KEY_BYTES,
     ZERO_HASH,
-    chain_step,
-    format_envelope,
     head_mac,
-    key_id,
     validate_stream_id,
 )
 from ledgerflow.events._errors import (
     ConcurrencyError,
-    LogFormatError,
     LogNotFoundError,
     NotALogError,
     StoreError,
@@ -52,16 +54,11 @@ from ledgerflow.events._store import (
     NewEvent,
     RecordedEvent,
     StreamHead,
-    StreamReport,
-    VerifyReport,
     encode_events,
 )
-from ledgerflow.events._verify import ChainChecker
 
 logger = structlog.get_logger("ledgerflow.events")
 
-FORMAT_NAME = "ledgerflow-log"
-FORMAT_VERSION = 1
 SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
 BUSY_TIMEOUT_MS = 60_000
 
@@ -114,7 +111,7 @@ _UPSERT_HEAD = (
 )
 
 
-class SqliteEventStore:
+class SqliteEventStore(ChainedStore):
     """An event store in one SQLite file. Open it with :meth:`open`."""
 
     def __init__(self, path: str, conn: aiosqlite.Connection, key: bytes | None, chain: str) -> None:
@@ -219,63 +216,6 @@ class SqliteEventStore:
         )
         return [StreamHead(*row) for row in rows]
 
-    async def read_stream(
-        self, stream_id: str, *, from_seq: int = 1, to_seq: int | None = None, verify: bool = True
-    ) -> AsyncIterator[RecordedEvent]:
-        """Yield the stream's events in seq order, fetched in chunks of ``READ_CHUNK``.
-
-        The read stops at the head as of its start (or at ``to_seq``, if
-        lower), so events appended meanwhile are not included. With
-        ``verify`` the chain is checked on the way, and a read that reaches
-        that head also checks the head row. Events before a bad one are
-        yielded before the error is raised.
-
-        Raises:
-            TamperedLogError: The chain does not verify.
-        """
-        head_row = await self._head_with_mac(stream_id) if verify or to_seq is None else None
-        head_seq = head_row[0].head_seq if head_row else None
-        if head_seq is None:
-            end = 2**62 if to_seq is None else to_seq
-        else:
-            end = head_seq if to_seq is None else min(to_seq, head_seq)
-        checker = ChainChecker(stream_id, key=self._key, path=self.path, start_seq=from_seq) if verify else None
-
-        async for rows in self._stream_chunks(stream_id, from_seq, end):
-            if checker is None:
-                for row in rows:
-                    yield RecordedEvent._make(row)
-                continue
-            events, error = checker.check_rows(rows)
-            for event in events:
-                yield event
-            if error is not None:
-                raise error
-
-        if checker is None:
-            return
-        if head_row is None:
-            if checker.count:
-                checker.finish(None, None)
-        elif end == head_seq and from_seq <= head_seq:
-            checker.finish(head_row[0], head_row[1], events_after_head=await self._events_after_head(stream_id, head_seq))
-        else:
-            checker.check_reached(end)
-
-    async def _events_after_head(self, stream_id: str, head_seq: int) -> bool:
-        """Return whether events follow ``head_seq`` while the head row still ends the stream there.
-
-        An append commits its events and the head row together, and the
-        event is looked up first, so only a rewound head row returns True.
-        """
-        rows = await self._conn.execute_fetchall(
-            "SELECT 1 FROM events WHERE stream_id = ? AND seq = ?", (stream_id, head_seq + 1)
-        )
-        if not rows:
-            return False
-        head = await self.head(stream_id)
-        return head is None or head.head_seq == head_seq
-
     async def _stream_chunks(self, stream_id: str, from_seq: int, to_seq: int) -> AsyncIterator[list[Any]]:
         """Yield the stream's rows from seq ``from_seq`` to ``to_seq``, ``READ_CHUNK`` rows at a time.
 
@@ -349,52 +289,18 @@ class SqliteEventStore:
         stream, seq, digest, mac = rows[0]
         return StreamHead(stream, seq, digest), mac
 
-    # Verification
-
-    async def verify(self, stream_id: str | None = None) -> VerifyReport:
-        """Recompute every chain (or one stream's) and report the first bad seq of each."""
-        if stream_id is not None:
-            stream_ids = [stream_id]
-        else:
-            rows = await self._conn.execute_fetchall(
-                "SELECT stream_id FROM streams UNION SELECT DISTINCT stream_id FROM events ORDER BY 1"
-            )
-            stream_ids = [row[0] for row in rows]
-        reports = [await self._verify_stream(stream) for stream in stream_ids]
-        return VerifyReport(path=self.path, chain=self.chain, streams=tuple(reports))
-
-    async def _verify_stream(self, stream_id: str) -> StreamReport:
-        checker = ChainChecker(stream_id, key=self._key, path=self.path)
-        head_row = None
-        try:
-            # Events are read before the head row. An append commits both
-            # together, so a head past the last event read means appends
-            # landed meanwhile (read on) or the tail was cut (nothing more).
-            while True:
-                count_before = checker.count
-                async for rows in self._stream_chunks(stream_id, checker.expected_seq, 2**62):
-                    _, error = checker.check_rows(rows)
-                    if error is not None:
-                        raise error
-                head_row = await self._head_with_mac(stream_id)
-                behind = head_row is not None and head_row[0].head_seq >= checker.expected_seq
-                if not behind or checker.count == count_before:
-                    break
-            checker.finish(head_row[0] if head_row else None, head_row[1] if head_row else None)
-        except TamperedLogError as err:
-            if head_row is None:
-                head_row = await self._head_with_mac(stream_id)
-            return StreamReport(
-                stream_id=stream_id, ok=False, events=checker.count,
-                head_seq=head_row[0].head_seq if head_row else None,
-                head_hash=head_row[0].head_hash.hex() if head_row else None,
-                first_bad_seq=err.seq, reason=err.reason, detail=str(err),
-            )
-        return StreamReport(
-            stream_id=stream_id, ok=True, events=checker.count,
-            head_seq=head_row[0].head_seq if head_row else None,
-            head_hash=head_row[0].head_hash.hex() if head_row else None,
+    async def _has_event(self, stream_id: str, seq: int) -> bool:
+        rows = await self._conn.execute_fetchall(
+            "SELECT 1 FROM events WHERE stream_id = ? AND seq = ?", (stream_id, seq)
         )
+        return bool(rows)
+
+    async def _all_stream_ids(self) -> list[str]:
+        rows = await self._conn.execute_fetchall(
+            "SELECT stream_id FROM streams UNION SELECT DISTINCT stream_id FROM events ORDER BY 1"
+        )
+        return [row[0] for row in rows]
+
 
 
 async def _data_version(connection: aiosqlite.Connection) -> int:
@@ -420,7 +326,7 @@ def _prepare_file(conn: sqlite3.Connection, path: str, synchronous: str, key: by
                     "pass another --home or --store",
                     path=path,
                 )
-            _check_meta(dict(conn.execute("SELECT key, value FROM meta").fetchall()), path, key)
+            check_meta(dict(conn.execute("SELECT key, value FROM meta").fetchall()), path, key)
         _enable_wal(conn)
         conn.execute(f"PRAGMA synchronous = {synchronous}")
         if not exists:
@@ -430,11 +336,7 @@ def _prepare_file(conn: sqlite3.Connection, path: str, synchronous: str, key: by
             for statement in _SCHEMA.split(";\n"):
                 if statement.strip():
                     conn.execute(statement)
-            chain = CHAIN_HMAC if key is not None else CHAIN_SHA256
-            initial = {"format": FORMAT_NAME, "format_version": str(FORMAT_VERSION), "chain": chain}
-            if key is not None:
-                initial["key_id"] = key_id(key)
-            conn.executemany("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)", initial.items())
+            conn.executemany("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)", initial_meta(key).items())
             conn.execute("COMMIT")
         meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
     except sqlite3.DatabaseError as err:
@@ -449,7 +351,7 @@ def _prepare_file(conn: sqlite3.Connection, path: str, synchronous: str, key: by
         raise NotALogError(
             f"{path} is not a ledgerflow log ({err}): pass another --home or --store", path=path
         ) from err
-    return _check_meta(meta, path, key)
+    return check_meta(meta, path, key)
 
 
 def _enable_wal(conn: sqlite3.Connection) -> None:
@@ -473,47 +375,6 @@ def _enable_wal(conn: sqlite3.Connection) -> None:
         delay = min(delay * 2, 0.2)
 
 
-def _check_meta(meta: dict[str, str], path: str, key: bytes | None) -> str:
-    if meta.get("format") != FORMAT_NAME:
-        raise NotALogError(f"{path} is not a ledgerflow log (meta has no format row): pass another --home or --store", path=path)
-    try:
-        version = int(meta.get("format_version", "0"))
-    except ValueError:
-        raise LogFormatError(
-            f"{path} has an invalid log format version {meta.get('format_version')!r} in its meta table",
-            path=path,
-        ) from None
-    if version > FORMAT_VERSION:
-        raise LogFormatError(
-            f"{path} has log format version {version}, newer than the {FORMAT_VERSION} this ledgerflow "
-            "reads: upgrade ledgerflow",
-            path=path,
-        )
-    chain = meta.get("chain", CHAIN_SHA256)
-    if chain not in (CHAIN_SHA256, CHAIN_HMAC):
-        raise LogFormatError(
-            f"{path} uses the chain {chain!r}, which this ledgerflow does not know: upgrade ledgerflow",
-            path=path,
-        )
-    if chain == CHAIN_HMAC and key is None:
-        raise UsageError(
-            f"the log {path} is keyed (key id {meta.get('key_id')}): set LEDGERFLOW_LOG_KEY to its key"
-        )
-    if chain == CHAIN_SHA256 and key is not None:
-        raise TamperedLogError(
-            f"log {path} is unkeyed but LEDGERFLOW_LOG_KEY is set: a keyed log never loses its key, "
-            "so treat this file as tampered (or unset the key if the log was created without one)",
-            stream_id="", seq=None, reason="wrong key",
-        )
-    if key is not None and meta.get("key_id") != key_id(key):
-        raise TamperedLogError(
-            f"log {path} was keyed with key id {meta.get('key_id')}, not {key_id(key)}: "
-            "set LEDGERFLOW_LOG_KEY to the log's key",
-            stream_id="", seq=None, reason="wrong key",
-        )
-    return chain
-
-
 def _append_sync(
     conn: sqlite3.Connection,
     stream_id: str,
@@ -535,7 +396,7 @@ def _append_sync(
         if "event_id" in str(err):
             # The first id was new, so _stored_ids did not look at the others.
             stored = _stored_ids(conn, [item.event_id for item in encoded], check_first=False)
-            raise _repeated_ids_error(stream_id, encoded, stored) from err
+            raise repeated_ids_error(stream_id, encoded, stored) from err
         actual = conn.execute("SELECT head_seq FROM streams WHERE stream_id = ?", (stream_id,)).fetchone()
         actual_version = actual[0] if actual else 0
         if actual_version == expected_version:
@@ -561,24 +422,16 @@ def _append_in_transaction(
 ) -> AppendResult:
     stored = _stored_ids(conn, [item.event_id for item in encoded])
     if stored:
-        return _retried_append(stream_id, encoded, stored)
+        return retried_append(stream_id, encoded, stored)
 
     head = conn.execute("SELECT head_seq, head_hash FROM streams WHERE stream_id = ?", (stream_id,)).fetchone()
     actual_version, prev_hash = head if head else (0, ZERO_HASH)
     if actual_version != expected_version:
         raise ConcurrencyError(stream_id, expected_version, actual_version)
 
-    values: list[Any] = []
-    seq = actual_version
-    sha256 = hashlib.sha256
-    for event_id, event_type, schema_version, recorded_at, payload, payload_sha256 in encoded:
-        seq += 1
-        # encode_events made every field of the envelope, so it needs no escaping check.
-        envelope = format_envelope(event_id, payload_sha256, recorded_at, schema_version, seq, stream_id, event_type)
-        digest = sha256(prev_hash + envelope).digest() if key is None else chain_step(prev_hash, envelope, key)
-        values += (stream_id, seq, event_id, event_type, schema_version, recorded_at, payload, prev_hash, digest)
-        prev_hash = digest
-    insert_values(conn, values)
+    rows, prev_hash = chain_rows(stream_id, encoded, actual_version, prev_hash, key)
+    seq = actual_version + len(rows)
+    insert_values(conn, list(itertools.chain.from_iterable(rows)))
     mac = head_mac(key, stream_id, seq, prev_hash) if key is not None else None
     conn.execute(_UPSERT_HEAD, (stream_id, seq, prev_hash, mac))
     return AppendResult(stream_id, actual_version + 1, seq, prev_hash)
@@ -622,23 +475,3 @@ def _stored_ids(
         ):
             found[event_id] = (stream, seq, digest)
     return found
-
-
-def _retried_append(
-    stream_id: str, encoded: list[EncodedEvent], stored: dict[str, tuple[str, int, bytes]]
-) -> AppendResult:
-    if len(stored) != len(encoded) or any(stream != stream_id for stream, _, _ in stored.values()):
-        raise _repeated_ids_error(stream_id, encoded, stored)
-    seqs = sorted(stored.values(), key=lambda entry: entry[1])
-    return AppendResult(stream_id, seqs[0][1], seqs[-1][1], seqs[-1][2], written=False)
-
-
-def _repeated_ids_error(
-    stream_id: str, encoded: list[EncodedEvent], stored: dict[str, tuple[str, int, bytes]]
-) -> StoreError:
-    example = next(iter(stored.items()), None)
-    where = f"; for example {example[0]} is seq {example[1][1]} of stream {example[1][0]!r}" if example else ""
-    return StoreError(
-        f"append to stream {stream_id!r} repeats {len(stored)} of {len(encoded)} event ids that are "
-        f"already stored{where}: a retried append must resend the same batch to the same stream"
-    )

@@ -16,7 +16,7 @@ EXPORT_FORMAT = "ledgerflow-export"
 EXPORT_VERSION = 1
 
 
-async def audit_run(store: EventStore, run_id: str) -> dict[str, Any]:
+async def audit_run(store: EventStore, run_id: str, home: str | None = None) -> dict[str, Any]:
     """Return the run's decisions, failures, retries, routes, findings and chain verification.
 
     A tampered chain is reported, not raised, so that the account still shows what is there.
@@ -30,7 +30,7 @@ async def audit_run(store: EventStore, run_id: str) -> dict[str, Any]:
     }
     state = await load_run_state(store, run_id, verify=False) if not verification["ok"] else \
         await load_run_state(store, run_id)
-    projector = await caught_up_projector(store)
+    projector = await caught_up_projector(store, home)
 
     def rows(sql: str) -> list[dict[str, Any]]:
         return [dict(row) for row in projector.query(sql, (run_id,))]

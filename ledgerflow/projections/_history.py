@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import html
 import os
 import threading
@@ -12,6 +13,7 @@ from typing import Any, TypeVar
 from ledgerflow.events import (
     EventStore,
     RunState,
+    is_postgres_url,
     load_run_state,
     open_store,
     resolve_home,
@@ -44,16 +46,26 @@ def run_sync(coroutine: Coroutine[Any, Any, T]) -> T:
     return result["value"]
 
 
-def projections_path(store_url: str) -> str:
-    """Return the read-model file that sits beside a SQLite log."""
+def projections_path(store_url: str, home: str | None = None) -> str:
+    """Return the read-model file of a log: beside a SQLite log, or under the home for a PostgreSQL log.
+
+    A PostgreSQL log's file is ``HOME/projections/<first 16 hex digits of
+    SHA-256 of the store URL without password>.projections.db``, with HOME
+    from ``home``, else ``$LEDGERFLOW_HOME``, else ``./.ledgerflow``.
+    """
+    if is_postgres_url(store_url):
+        from ledgerflow.events._postgres import parse_url
+
+        digest = hashlib.sha256(parse_url(store_url).display.encode()).hexdigest()[:16]
+        return os.path.join(resolve_home(home), "projections", f"{digest}.projections.db")
     path = store_url.removeprefix("sqlite:///") if store_url.startswith("sqlite:///") else store_url
     base, _ = os.path.splitext(path)
     return f"{base}.projections.db"
 
 
-async def caught_up_projector(store: EventStore) -> Projector:
-    """Return the projector beside ``store``, caught up with the log."""
-    projector = Projector(projections_path(store.path))
+async def caught_up_projector(store: EventStore, home: str | None = None) -> Projector:
+    """Return the projector of ``store`` (see :func:`projections_path`), caught up with the log."""
+    projector = Projector(projections_path(store.path, home))
     await projector.catch_up(store)
     return projector
 
@@ -64,9 +76,10 @@ class History:
     Get one with :func:`ledgerflow.history`.
     """
 
-    def __init__(self, run_id: str, store_url: str) -> None:
+    def __init__(self, run_id: str, store_url: str, home: str | None = None) -> None:
         self.run_id = run_id
         self.store_url = store_url
+        self.home = home
 
     def __repr__(self) -> str:
         return f"History({self.run_id!r}, store={self.store_url!r})"
@@ -107,7 +120,7 @@ class History:
         import pandas as pd
 
         async def work(store: EventStore) -> list[dict[str, Any]]:
-            projector = await caught_up_projector(store)
+            projector = await caught_up_projector(store, self.home)
             return [dict(row) for row in projector.query(sql, (self.run_id,))]
 
         return pd.DataFrame(run_sync(self._with_store(work)))
@@ -183,4 +196,5 @@ class History:
 
 def history(run_id: str, *, home: str | None = None, store: str | None = None) -> History:
     """Open a run's history from the log under ``home`` (or ``$LEDGERFLOW_HOME``, or ``./.ledgerflow``)."""
-    return History(run_id, resolve_store_url(resolve_home(home), store))
+    home_dir = resolve_home(home)
+    return History(run_id, resolve_store_url(home_dir, store), home_dir)

@@ -27,10 +27,9 @@ from ledgerflow.events import Event, open_store
 
 PIPELINES = pathlib.Path(__file__).parent / "pipelines"
 
-#: Where ``pipelines/sql_targets.py`` reads and loads: a PostgreSQL URL (set below,
-#: after probing the server), a schema and a dataset directory. They are set at
-#: import, before the session's Ray starts, so that workers inherit them.
-POSTGRES_URL_ENV = "LEDGERFLOW_TEST_POSTGRES_URL"
+#: Where ``pipelines/sql_targets.py`` loads: a schema and a dataset directory (the
+#: server's URL comes from tests/conftest.py). They are set at import, before the
+#: session's Ray starts, so that workers inherit them.
 os.environ.setdefault("LEDGERFLOW_TEST_POSTGRES_SCHEMA", f"lf_test_targets_{secrets.token_hex(4)}")
 os.environ.setdefault("LEDGERFLOW_TEST_DATASET", os.path.join(tempfile.mkdtemp(prefix="lf-test-dataset-"), "items"))
 
@@ -273,49 +272,10 @@ def etl_reference(tmp_path_factory: pytest.TempPathFactory, ray_address: str) ->
 
 # PostgreSQL
 
-POSTGRES_HOST = "127.0.0.1:5432"
-POSTGRES_USERS = ("postgres", "root")
-
-
-def _postgres_url() -> str | None:
-    """Return the URL of the local test database for the first user that can connect, else None."""
-    import asyncpg
-
-    async def probe(url: str) -> bool:
-        try:
-            conn = await asyncpg.connect(url, timeout=5)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncio.TimeoutError):
-            return False
-        await conn.close()
-        return True
-
-    for user in POSTGRES_USERS:
-        url = f"postgresql://{user}@{POSTGRES_HOST}/test"
-        if asyncio.run(probe(url)):
-            return url
-    return None
-
-
-#: Probed once at import, before the session's Ray starts, so that workers inherit the URL.
-FOUND_POSTGRES_URL = _postgres_url()
-if FOUND_POSTGRES_URL is not None:
-    os.environ.setdefault(POSTGRES_URL_ENV, FOUND_POSTGRES_URL)
-
-
 @pytest.fixture(scope="session")
-def postgres_url() -> str:
-    """The URL of database ``test`` on the local PostgreSQL server.
-
-    Tests that need it skip when no server is reachable, except with
-    ``CI=true``, where they fail: CI must run them.
-    """
-    url = FOUND_POSTGRES_URL
-    if url is None:
-        message = f"no PostgreSQL server accepts users {', '.join(POSTGRES_USERS)} at {POSTGRES_HOST}/test"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message + " (CI=true requires PostgreSQL tests to run)")
-        pytest.skip(message)
-    return url
+def postgres_url(postgres_server: str) -> str:
+    """The URL of the test database on the local PostgreSQL server (skips or fails as ``postgres_server`` says)."""
+    return postgres_server
 
 
 @pytest.fixture

@@ -16,6 +16,13 @@ from ledgerflow.actors import ExecutorConfig, RunActor
 from ledgerflow.actors._runner import NAMESPACE
 
 
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def settings(request, tmp_path, ray_address):  # type: ignore[no-untyped-def]
+    """Settings for a fresh home on each store backend: a file lock beside SQLite, an advisory lock in PostgreSQL."""
+    store = request.getfixturevalue("postgres_store_url")() if request.param == "postgres" else None
+    return lf.Settings.resolve(home=str(tmp_path / "home"), store=store, address=ray_address)
+
+
 @pytest.fixture
 def held_run(home, helpers, tmp_path):
     """Start the blocking pipeline in a thread and yield while its executor holds the lease.
@@ -69,7 +76,8 @@ def test_lease_resume_from_other_process_refused(home, held_run):
         import sys
         import ledgerflow as lf
         try:
-            lf.resume_run({run_id!r}, settings=lf.Settings.resolve(home={home.settings.home!r}))
+            lf.resume_run({run_id!r}, settings=lf.Settings.resolve(home={home.settings.home!r},
+                                                                  store={home.settings.store_url!r}))
         except lf.LeaseHeldError as err:
             print(err.holder)
             sys.exit(7)

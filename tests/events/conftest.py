@@ -48,17 +48,20 @@ class Backend:
         return await open_store(url, **options)
 
 
-#: Backends that the contract suite runs against. A PostgreSQL backend joins
-#: by adding its name here and a branch in ``backend`` that makes a fresh
-#: database URL per log name.
-BACKENDS = ["sqlite"]
+#: Backends that the contract suite runs against.
+BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 
 
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
-    """Each store backend in turn, with fresh logs for the test."""
+    """Each store backend in turn, with fresh logs for the test.
+
+    PostgreSQL logs get a fresh schema per log name, dropped after the test.
+    """
     if request.param == "sqlite":
         return Backend("sqlite", lambda name: str(tmp_path / f"{name}.db"))
+    if request.param == "postgres":
+        return Backend("postgres", request.getfixturevalue("postgres_store_url"))
     raise AssertionError(f"no fixture code for backend {request.param!r}")
 
 

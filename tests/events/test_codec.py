@@ -6,7 +6,6 @@ import contextlib
 import datetime as dt
 import enum
 import json
-import sqlite3
 import uuid
 import zoneinfo
 from collections.abc import Iterator
@@ -227,10 +226,13 @@ asyncio.run(main(sys.argv[1]))
 """
 
 
+async def _stored_rows(store) -> list[tuple]:
+    return [(event.seq, event.schema_version, event.payload, event.hash) async for event in store.read_all()]
+
+
 async def test_upcast_v1_reads_as_v2(store, support):
     await store.append("codec", [CodecRenamed(title="first"), CodecRenamed(title="second")], expected_version=0)
-    with sqlite3.connect(store.path) as connection:
-        stored_before = connection.execute("SELECT seq, schema_version, payload, hash FROM events ORDER BY seq").fetchall()
+    stored_before = await _stored_rows(store)
 
     completed = support.run_python(UPGRADED_READER, store.path)
 
@@ -239,8 +241,7 @@ async def test_upcast_v1_reads_as_v2(store, support):
         {"stored_version": 1, "class_version": 2, "name": "second", "priority": 0},
         {"stored_version": 2, "class_version": 2, "name": "written by v2", "priority": 7},
     ]
-    with sqlite3.connect(store.path) as connection:
-        stored_after = connection.execute("SELECT seq, schema_version, payload, hash FROM events ORDER BY seq").fetchall()
+    stored_after = await _stored_rows(store)
     assert stored_after[:2] == stored_before
     assert stored_after[2][1] == 2
 

@@ -38,8 +38,8 @@ async def _read_line(process: asyncio.subprocess.Process, timeout: float = 60) -
 
 
 @pytest.mark.slow
-async def test_writers_reader_subscriber_at_once(tmp_path, support):
-    path = str(tmp_path / "log.db")
+async def test_writers_reader_subscriber_at_once(backend, tmp_path, support):
+    path = backend.make_url("log")
     store = await open_store(path, key=None)
     stop_file = tmp_path / "stop"
     total = EVENTS_PER_WRITER * len(BATCH_SIZES)
@@ -87,8 +87,8 @@ async def test_writers_reader_subscriber_at_once(tmp_path, support):
 
 
 @pytest.mark.slow
-async def test_racing_writers_one_wins(tmp_path, support):
-    path = str(tmp_path / "log.db")
+async def test_racing_writers_one_wins(backend, tmp_path, support):
+    path = backend.make_url("log")
     store = await open_store(path, key=None)
     await store.append("race", [support.WorkerNoted(writer="setup", index=index) for index in range(2)],
                        expected_version=0)
@@ -132,8 +132,8 @@ async def test_racing_writers_one_wins(tmp_path, support):
     assert all(len(set(racers_written[start:start + batch])) == 1 for start in range(0, len(racers_written), batch))
 
 
-async def test_writers_create_log_at_once(tmp_path, support):
-    path = str(tmp_path / "fresh" / "log.db")
+async def test_writers_create_log_at_once(backend, tmp_path, support):
+    path = backend.make_url("fresh")
 
     writers = [await _start(support, "append", path, f"writer-{number}", "--count", "5", "--batch", "5")
                for number in range(4)]

@@ -12,6 +12,7 @@ import re
 import sqlite3
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -74,7 +75,7 @@ async def _build_log(path: str, support, key: bytes | None = None) -> dict[str, 
         await store.close()
 
 
-def _tamper(path: str, edit: Callable[[sqlite3.Connection], None]) -> None:
+def _tamper_sqlite(path: str, edit: Callable[[sqlite3.Connection], None]) -> None:
     """Drop the append-only triggers, as someone with write access to the file can, and apply ``edit``."""
     connection = sqlite3.connect(path)
     try:
@@ -84,6 +85,74 @@ def _tamper(path: str, edit: Callable[[sqlite3.Connection], None]) -> None:
         connection.commit()
     finally:
         connection.close()
+
+
+class PostgresEditor:
+    """A sqlite3-style connection to one PostgreSQL log, for the tamper edits written for SQLite.
+
+    It turns ``?`` placeholders into ``$n`` and ``zeroblob(32)`` into 32 zero
+    bytes, and runs every statement in one transaction on a private event
+    loop, because the edits are plain functions and the tests are async.
+    """
+
+    def __init__(self, url: str) -> None:
+        import asyncpg
+
+        server, schema = url.split("?schema=")
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+        self._rows: list[tuple] = []
+        self._connection = self._call(asyncpg.connect(server, server_settings={"search_path": schema}))
+        self._call(self._connection.execute("BEGIN"))
+
+    def _call(self, coroutine):  # type: ignore[no-untyped-def]
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout=30)
+
+    def execute(self, sql: str, parameters: tuple = ()) -> PostgresEditor:
+        count = iter(range(1, len(parameters) + 1))
+        sql = re.sub(r"\?", lambda _: f"${next(count)}", sql).replace("zeroblob(32)", "decode(repeat('00', 32), 'hex')")
+        self._rows = [tuple(row) for row in self._call(self._connection.fetch(sql, *parameters))]
+        return self
+
+    def fetchone(self) -> tuple | None:
+        return self._rows[0] if self._rows else None
+
+    def fetchall(self) -> list[tuple]:
+        return self._rows
+
+    def commit_and_close(self) -> None:
+        try:
+            self._call(self._connection.execute("COMMIT"))
+            self._call(self._connection.close())
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join()
+            self._loop.close()
+
+
+def _tamper(backend, url: str, edit: Callable) -> None:  # type: ignore[no-untyped-def]
+    """Apply ``edit`` to the log with its append-only triggers off, as someone with write access can.
+
+    On PostgreSQL that someone is a superuser (or the table owner), who
+    disables the triggers, edits and enables them again in one transaction.
+    """
+    if backend.name == "sqlite":
+        _tamper_sqlite(url, edit)
+        return
+    editor = PostgresEditor(url)
+    editor.execute("ALTER TABLE events DISABLE TRIGGER USER")
+    edit(editor)
+    editor.execute("ALTER TABLE events ENABLE TRIGGER USER")
+    editor.commit_and_close()
+
+
+async def _count_events(backend, url: str, stream_id: str) -> int:  # type: ignore[no-untyped-def]
+    store = await open_store(url, key=None)
+    try:
+        return len([event async for event in store.read_all() if event.stream_id == stream_id])
+    finally:
+        await store.close()
 
 
 def _flip_payload_byte(connection: sqlite3.Connection) -> None:
@@ -174,11 +243,11 @@ def test_triggers_reject_update_and_delete(tmp_path, support):
 
 
 @pytest.mark.parametrize("case", list(TAMPER_CASES))
-async def test_tamper_detected_by_verify(tmp_path, support, case):
+async def test_tamper_detected_by_verify(backend, support, case):
     edit, bad_seq, reason = TAMPER_CASES[case]
-    path = str(tmp_path / "log.db")
+    path = backend.make_url("log")
     await _build_log(path, support)
-    _tamper(path, edit)
+    _tamper(backend, path, edit)
 
     store = await open_store(path, key=None)
     try:
@@ -196,11 +265,11 @@ async def test_tamper_detected_by_verify(tmp_path, support, case):
 
 
 @pytest.mark.parametrize("case", list(TAMPER_CASES))
-async def test_tamper_detected_by_verified_read(tmp_path, support, case):
+async def test_tamper_detected_by_verified_read(backend, support, case):
     edit, bad_seq, reason = TAMPER_CASES[case]
-    path = str(tmp_path / "log.db")
+    path = backend.make_url("log")
     await _build_log(path, support)
-    _tamper(path, edit)
+    _tamper(backend, path, edit)
 
     store = await open_store(path, key=None)
     read = []
@@ -221,10 +290,10 @@ async def test_tamper_detected_by_verified_read(tmp_path, support, case):
         assert read == list(range(1, bad_seq))
 
 
-async def test_append_after_rewound_head_rejected(tmp_path, support):
-    path = str(tmp_path / "log.db")
+async def test_append_after_rewound_head_rejected(backend, support):
+    path = backend.make_url("log")
     await _build_log(path, support)
-    _tamper(path, _rewind_head)
+    _tamper(backend, path, _rewind_head)
 
     store = await open_store(path, key=None)
     try:
@@ -236,7 +305,7 @@ async def test_append_after_rewound_head_rejected(tmp_path, support):
 
     assert (caught.value.stream_id, caught.value.seq, caught.value.reason) == ("run-a", 4, "head mismatch")
     assert head.head_seq == 4
-    assert support.query(path, "SELECT count(*) FROM events WHERE stream_id = 'run-a'") == [(6,)]
+    assert await _count_events(backend, path, "run-a") == 6
 
 
 def test_independent_verifier_accepts_real_log(tmp_path, support):
@@ -255,7 +324,7 @@ def test_independent_verifier_rejects_tampered(tmp_path, support, case):
     edit = TAMPER_CASES[case][0]
     path = str(tmp_path / "log.db")
     asyncio.run(_build_log(path, support))
-    _tamper(path, edit)
+    _tamper_sqlite(path, edit)
 
     problems = independent_verify(path)
 
@@ -328,15 +397,15 @@ def _rechain_without_key(connection: sqlite3.Connection, from_seq: int) -> None:
 
 
 @pytest.mark.parametrize("from_seq", [1, 3])
-async def test_keyed_log_detects_unkeyed_rechain(tmp_path, support, from_seq):
-    path = str(tmp_path / "log.db")
+async def test_keyed_log_detects_unkeyed_rechain(backend, support, from_seq):
+    path = backend.make_url("log")
     await _build_log(path, support, key=KEY)
 
     def forge(connection: sqlite3.Connection) -> None:
         _flip_payload_byte(connection)
         _rechain_without_key(connection, from_seq)
 
-    _tamper(path, forge)
+    _tamper(backend, path, forge)
     store = await open_store(path, key=KEY)
     try:
         report = await store.verify()
@@ -347,20 +416,21 @@ async def test_keyed_log_detects_unkeyed_rechain(tmp_path, support, from_seq):
     assert by_stream["run-a"].first_bad_seq == from_seq
     assert by_stream["run-a"].reason == "hash mismatch"
     assert by_stream["run-b"].ok
-    assert independent_verify(path, KEY)
+    if backend.name == "sqlite":
+        assert independent_verify(path, KEY)
 
 
-async def test_unkeyed_log_misses_consistent_rechain(tmp_path, support):
+async def test_unkeyed_log_misses_consistent_rechain(backend, support):
     # Without a key the chain only catches careless edits: a rewrite that
     # recomputes the hashes passes, and only a head hash kept elsewhere shows it.
-    path = str(tmp_path / "log.db")
+    path = backend.make_url("log")
     heads_before = await _build_log(path, support)
 
     def forge(connection: sqlite3.Connection) -> None:
         _flip_payload_byte(connection)
         _rechain_without_key(connection, 3)
 
-    _tamper(path, forge)
+    _tamper(backend, path, forge)
     store = await open_store(path, key=None)
     try:
         report = await store.verify()
@@ -368,21 +438,22 @@ async def test_unkeyed_log_misses_consistent_rechain(tmp_path, support):
         await store.close()
 
     assert report.ok
-    assert independent_verify(path) == []
+    if backend.name == "sqlite":
+        assert independent_verify(path) == []
     heads_after = {item.stream_id: item.head_hash for item in report.streams}
     assert heads_after["run-a"] != heads_before["run-a"]
     assert heads_after["run-b"] == heads_before["run-b"]
 
 
-async def test_keyed_log_detects_cut_tail(tmp_path, support):
-    path = str(tmp_path / "log.db")
+async def test_keyed_log_detects_cut_tail(backend, support):
+    path = backend.make_url("log")
     await _build_log(path, support, key=KEY)
 
     def cut(connection: sqlite3.Connection) -> None:
         _cut_tail(connection)
         _rewind_head(connection)
 
-    _tamper(path, cut)
+    _tamper(backend, path, cut)
     store = await open_store(path, key=KEY)
     try:
         report = await store.verify()
@@ -396,18 +467,19 @@ async def test_keyed_log_detects_cut_tail(tmp_path, support):
     assert by_stream["run-a"].first_bad_seq == 4
     assert by_stream["run-a"].reason == "wrong key"
     assert caught.value.reason == "wrong key"
-    assert independent_verify(path, KEY) == ["run-a: head MAC does not match the key"]
+    if backend.name == "sqlite":
+        assert independent_verify(path, KEY) == ["run-a: head MAC does not match the key"]
 
 
-async def test_unkeyed_log_misses_consistent_cut(tmp_path, support):
-    path = str(tmp_path / "log.db")
+async def test_unkeyed_log_misses_consistent_cut(backend, support):
+    path = backend.make_url("log")
     heads_before = await _build_log(path, support)
 
     def cut(connection: sqlite3.Connection) -> None:
         _cut_tail(connection)
         _rewind_head(connection)
 
-    _tamper(path, cut)
+    _tamper(backend, path, cut)
     store = await open_store(path, key=None)
     try:
         report = await store.verify()
@@ -419,17 +491,17 @@ async def test_unkeyed_log_misses_consistent_cut(tmp_path, support):
 
 
 @pytest.mark.parametrize("key", [None, KEY], ids=["unkeyed", "keyed"])
-async def test_deleted_stream_passes_verify(tmp_path, support, key):
+async def test_deleted_stream_passes_verify(backend, support, key):
     # A stream deleted with its head row leaves nothing to check, keyed or
     # not: only its head hash, kept elsewhere, shows that it existed.
-    path = str(tmp_path / "log.db")
+    path = backend.make_url("log")
     heads_before = await _build_log(path, support, key=key)
 
     def delete_stream(connection: sqlite3.Connection) -> None:
         connection.execute("DELETE FROM events WHERE stream_id = 'run-b'")
         connection.execute("DELETE FROM streams WHERE stream_id = 'run-b'")
 
-    _tamper(path, delete_stream)
+    _tamper(backend, path, delete_stream)
     store = await open_store(path, key=key)
     try:
         report = await store.verify()
@@ -441,12 +513,12 @@ async def test_deleted_stream_passes_verify(tmp_path, support, key):
     assert "run-b" in heads_before
 
 
-async def test_keyed_log_forged_head_mac_detected(tmp_path, support):
-    path = str(tmp_path / "log.db")
+async def test_keyed_log_forged_head_mac_detected(backend, support):
+    path = backend.make_url("log")
     heads = await _build_log(path, support, key=KEY)
     forged = head_mac(OTHER_KEY, "run-b", 4, bytes.fromhex(heads["run-b"]))
 
-    _tamper(path, lambda connection: connection.execute(
+    _tamper(backend, path, lambda connection: connection.execute(
         "UPDATE streams SET head_mac = ? WHERE stream_id = 'run-b'", (forged,)))
     store = await open_store(path, key=KEY)
     try:
@@ -459,8 +531,8 @@ async def test_keyed_log_forged_head_mac_detected(tmp_path, support):
     assert (by_stream["run-b"].first_bad_seq, by_stream["run-b"].reason) == (4, "wrong key")
 
 
-async def test_keyed_log_other_key_rejected(tmp_path, support):
-    path = str(tmp_path / "log.db")
+async def test_keyed_log_other_key_rejected(backend, support):
+    path = backend.make_url("log")
     await _build_log(path, support, key=KEY)
 
     with pytest.raises(TamperedLogError) as caught:
@@ -470,8 +542,8 @@ async def test_keyed_log_other_key_rejected(tmp_path, support):
     assert path in str(caught.value)
 
 
-async def test_keyed_log_no_key_rejected(tmp_path, support, monkeypatch):
-    path = str(tmp_path / "log.db")
+async def test_keyed_log_no_key_rejected(backend, support, monkeypatch):
+    path = backend.make_url("log")
     await _build_log(path, support, key=KEY)
     monkeypatch.delenv(KEY_ENV, raising=False)
 
@@ -481,8 +553,8 @@ async def test_keyed_log_no_key_rejected(tmp_path, support, monkeypatch):
     assert not isinstance(caught.value, TamperedLogError)
 
 
-async def test_unkeyed_log_opened_with_key_tampered(tmp_path, support):
-    path = str(tmp_path / "log.db")
+async def test_unkeyed_log_opened_with_key_tampered(backend, support):
+    path = backend.make_url("log")
     await _build_log(path, support)
 
     with pytest.raises(TamperedLogError) as caught:
@@ -491,8 +563,8 @@ async def test_unkeyed_log_opened_with_key_tampered(tmp_path, support):
     assert caught.value.reason == "wrong key"
 
 
-async def test_log_key_from_environment(tmp_path, support, monkeypatch):
-    path = str(tmp_path / "log.db")
+async def test_log_key_from_environment(backend, support, monkeypatch):
+    path = backend.make_url("log")
     await _build_log(path, support, key=KEY)
     monkeypatch.setenv(KEY_ENV, KEY.hex())
 
@@ -543,7 +615,7 @@ def test_docs_verifier_checks_log(tmp_path, support, case):
     path = str(tmp_path / "log.db")
     heads = asyncio.run(_build_log(path, support))
     if case != "intact":
-        _tamper(path, TAMPER_CASES[case][0])
+        _tamper_sqlite(path, TAMPER_CASES[case][0])
     script = tmp_path / "verify_log.py"
     script.write_text(_docs_verifier())
 
