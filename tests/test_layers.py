@@ -51,7 +51,7 @@ def test_events_import_does_not_load_ray():
 def test_public_api_exports():
     assert sorted(ledgerflow.__all__) == [
         "CodeChangedError", "ConfigurationError", "Context", "CsvSource", "DecisionRefusedError", "History", "LeaseHeldError",
-        "LedgerflowError", "Middleware", "ParameterError", "ParquetSource", "Pipeline", "PipelineDefinitionError",
+        "LedgerflowError", "McpCallError", "McpServer", "Middleware", "ParameterError", "ParquetSource", "Pipeline", "PipelineDefinitionError",
         "PipelineImportError", "Retry", "RouteInput", "RunExistsError", "RunResult", "RunState", "Secret",
         "Settings", "SqliteTable", "TamperedLogError", "UsageError", "Validation", "__version__", "cancel",
         "cancel_run", "decide", "history", "load_state", "resume", "resume_run", "run", "start_run",

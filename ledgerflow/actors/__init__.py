@@ -13,6 +13,16 @@ from ledgerflow.actors._errors import (
     RunExistsError,
 )
 from ledgerflow.actors._files import BadRowError, CsvSource, ParquetSource, SourceError
+from ledgerflow.actors._mcp import (
+    McpCallError,
+    McpProtocolError,
+    McpResultError,
+    McpResultTooLargeError,
+    McpServer,
+    McpTimeoutError,
+    McpToolError,
+    McpTransportError,
+)
 from ledgerflow.actors._executor import Executor, ExecutorConfig, RunActor, RunOutcome
 from ledgerflow.actors._lease import Lease, lease_is_free
 from ledgerflow.actors._loader import canonical_locator, load_pipeline, locator_of
@@ -56,6 +66,14 @@ __all__ = [
     "Lease",
     "LeaseHeldError",
     "LoggingMiddleware",
+    "McpCallError",
+    "McpProtocolError",
+    "McpResultError",
+    "McpResultTooLargeError",
+    "McpServer",
+    "McpTimeoutError",
+    "McpToolError",
+    "McpTransportError",
     "Middleware",
     "Node",
     "ParameterError",

@@ -468,6 +468,7 @@ class Executor:
             params=self.state.params, shared=dict(self.state.shared),
             checkpoint_root=self.state.checkpoint_root or self.config.checkpoint_root,
             warehouse=self.config.warehouse, inputs=tuple(specs), log_level=self.config.log_level,
+            extra={"mcp_calls": dict(part.calls)} if part.calls else {},
         )
         info_ref, output_ref = execute_partition.options(
             num_returns=2, name=f"ledgerflow:{name}[{key}]#{attempt}"
@@ -548,10 +549,11 @@ class Executor:
     def _success_events(self, outcome: Outcome) -> list[Event]:
         flight, info = outcome.flight, outcome.info
         assert info is not None
-        events: list[Event] = [
+        events: list[Event] = list(info.get("mcp_calls", ()))
+        events.extend(
             StateRecorded(node=flight.node, partition=flight.partition or None, key=key, value=value)
             for key, value in info["facts"].items()
-        ]
+        )
         events.append(PartitionCompleted(
             node=flight.node, partition=flight.partition, attempt=flight.attempt,
             manifest=info["manifest"], extra=info["extra"], report=info["report"],
@@ -577,14 +579,17 @@ class Executor:
                                           reason=error.reason, expected_sha256=expected,
                                           actual_sha256=error.actual_sha256)]
         retry = self.pipeline.nodes[flight.node].retry
-        will_retry = flight.attempt < retry.attempts
+        # An error may declare itself not worth retrying (an MCP tool error, an oversized result).
+        will_retry = flight.attempt < retry.attempts and getattr(error, "retryable", True) is not False
         delay = retry.delay(flight.attempt) * self.config.backoff_scale if will_retry else None
         message = _error_message(error)
-        events: list[Event] = [NodeAttemptFailed(
+        # The MCP calls of a failed attempt come back attached to its error.
+        events: list[Event] = list(getattr(error, "mcp_calls", None) or ())
+        events.append(NodeAttemptFailed(
             node=flight.node, partition=flight.partition or None, attempt=flight.attempt,
             error_type=type(error).__name__, message=message, timed_out=outcome.timed_out,
             will_retry=will_retry, retry_in_s=delay,
-        )]
+        ))
         if will_retry:
             self._retry_at[(flight.node, flight.partition)] = time.monotonic() + (delay or 0.0)
             self.log.warning("attempt failed, retrying", node=flight.node, partition=flight.partition or None,

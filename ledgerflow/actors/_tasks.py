@@ -25,6 +25,7 @@ from ledgerflow.actors._context import (
     run_with_middleware,
 )
 from ledgerflow.actors._logging import configure_logging
+from ledgerflow.actors._mcp import CallLedger
 from ledgerflow.actors._pipeline import Node, Pipeline, Validation
 from ledgerflow.actors._sinks import load_into_sqlite
 from ledgerflow.events import Manifest
@@ -99,7 +100,7 @@ def _gather_inputs(request: TaskRequest, live_tables: tuple[pa.Table, ...]) -> d
 
 
 def _call_node(pipeline: Pipeline, node: Node, request: TaskRequest, tables: dict[str, pa.Table],
-               attempt: Attempt) -> tuple[Any, dict[str, Any]]:
+               attempt: Attempt, calls: CallLedger) -> tuple[Any, dict[str, Any]]:
     assert node.function is not None
     arguments: dict[str, Any] = dict(tables)
     recorded: dict[str, Any] = {}
@@ -109,7 +110,7 @@ def _call_node(pipeline: Pipeline, node: Node, request: TaskRequest, tables: dic
         params = pipeline.params_model.model_validate(request.params)
         context = Context(
             run_id=request.run_id, node=request.node, partition=request.partition, attempt=request.attempt,
-            params=params, state=dict(request.shared), logger=attempt.logger,
+            params=params, state=dict(request.shared), logger=attempt.logger, mcp=calls,
         )
         recorded = context.recorded
         arguments["context"] = context
@@ -132,13 +133,23 @@ def execute_partition(pipeline: Pipeline, request: TaskRequest, *live_tables: pa
     logger = bound_logger(request.run_id, request.node, request.partition, request.attempt)
     attempt = Attempt(run_id=request.run_id, node=request.node, kind=node.kind, partition=request.partition,
                       attempt=request.attempt, logger=logger)
-    tables = _gather_inputs(request, live_tables)
-    result, facts = _call_node(pipeline, node, request, tables, attempt)
+    calls = CallLedger(run_id=request.run_id, node=request.node, partition=request.partition,
+                       attempt=request.attempt, checkpoint_root=request.checkpoint_root,
+                       recorded=request.extra.get("mcp_calls", {}))
+    try:
+        tables = _gather_inputs(request, live_tables)
+        result, facts = _call_node(pipeline, node, request, tables, attempt, calls)
+    except Exception as error:
+        # The executor records the calls of a failed attempt too; they ride on the error.
+        if calls.events:
+            error.mcp_calls = list(calls.events)  # type: ignore[attr-defined]
+        raise
 
     store = CheckpointStore(request.checkpoint_root)
     where = {"run_id": request.run_id, "node": request.node, "partition": request.partition,
              "attempt": request.attempt}
-    info: dict[str, Any] = {"facts": facts, "report": {}, "extra": {}, "manifest": None, "already_loaded": False}
+    info: dict[str, Any] = {"facts": facts, "report": {}, "extra": {}, "manifest": None, "already_loaded": False,
+                            "mcp_calls": list(calls.events)}
     output: pa.Table | None = None
 
     if node.kind == "validate":
