@@ -374,11 +374,7 @@ async def _invoke(server: McpServer, tool: str, arguments: dict[str, Any], meta:
     except McpCallError as err:
         raise _scrubbed(err, secrets) from None
     except MCPError as err:
-        if watcher.error is not None:
-            raise _scrubbed(watcher.error, secrets) from None
-        raise _scrubbed(McpToolError(f"MCP server {server.name!r} returned an error for tool {tool!r}: "
-                                     f"{err.error.message} (code {err.error.code})",
-                                     server=server.name, tool=tool), secrets) from None
+        raise _scrubbed(watcher.error or _from_mcp_error(err, server, tool), secrets) from None
     except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream) as err:
         raise _scrubbed(watcher.error or McpTransportError(
             f"connection to MCP server {server.name!r} failed during call of {tool!r}: "
@@ -389,9 +385,24 @@ async def _invoke(server: McpServer, tool: str, arguments: dict[str, Any], meta:
         first: BaseException = group
         while isinstance(first, BaseExceptionGroup) and first.exceptions:  # noqa: F821
             first = first.exceptions[0]
+        if isinstance(first, MCPError):
+            raise _scrubbed(_from_mcp_error(first, server, tool), secrets) from None
         raise _scrubbed(McpTransportError(
             f"connection to MCP server {server.name!r} failed during call of {tool!r}: "
             f"{type(first).__name__}: {first}", server=server.name, tool=tool), secrets) from None
+
+
+def _from_mcp_error(err: Any, server: McpServer, tool: str) -> McpCallError:
+    """Classify an error response or an SDK transport error raised as ``MCPError``."""
+    message = err.error.message
+    # mcp 2.3 reports an SSE event over max_sse_event_size as an MCPError with this text.
+    if "exceeded the" in message and "byte limit" in message:
+        return _too_large(server, tool, server.max_result_bytes + 1)
+    if message.startswith("SSE stream failed"):
+        return McpTransportError(f"connection to MCP server {server.name!r} failed during call of {tool!r}: "
+                                 f"{message}", server=server.name, tool=tool)
+    return McpToolError(f"MCP server {server.name!r} returned an error for tool {tool!r}: {message} "
+                        f"(code {err.error.code})", server=server.name, tool=tool)
 
 
 def _scrubbed(error: McpCallError, secrets: list[str]) -> McpCallError:

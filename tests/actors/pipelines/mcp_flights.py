@@ -106,3 +106,22 @@ def publish(context: lf.Context) -> pa.Table:
                                 idempotency_argument="request_id")
     context.call_tool(server, "flaky", {"marker": params.flaky_marker})
     return written
+
+
+class HttpParams(BaseModel):
+    url: str
+    month: int = 1
+    max_result_bytes: int = 16 * 1024 * 1024
+    token: lf.Secret | None = None
+
+
+over_http = lf.Pipeline("mcp-http", params=HttpParams)
+
+
+@over_http.extract
+def flights_over_http(context: lf.Context) -> pa.Table:
+    params = context.params
+    headers = {"X-Flights-Token": params.token} if params.token is not None else None
+    server = lf.McpServer.http("flights-http", params.url, headers=headers, timeout_s=20,
+                               max_result_bytes=params.max_result_bytes)
+    return context.call_tool(server, "flights_by_month", {"month": params.month})
