@@ -2,8 +2,8 @@
 
 Every tool reads the log, as the command line does. Only a server started
 with ``allow_decisions`` records approvals and rejections, under the same
-rules as ``ledgerflow approve`` and ``reject``; continuing an approved run
-is left to ``ledgerflow resume``.
+rules as ``ledgerflow approve`` and ``reject``. It never continues a run:
+``ledgerflow resume`` does that after an approval.
 """
 
 from __future__ import annotations
@@ -144,7 +144,7 @@ def build_server(settings: Settings, *, allow_decisions: bool = False) -> MCPSer
             decided = await anyio.to_thread.run_sync(
                 lambda: decide(run_id, reviewer=reviewer, approve=approve, comment=comment, settings=settings))
         except LedgerflowError as err:
-            logger.info("mcp decision refused", run_id=run_id, reviewer=reviewer, error=str(err))
+            logger.info("mcp decision rejected", run_id=run_id, reviewer=reviewer, error=str(err))
             raise _tool_error(err) from err
         logger.info("mcp decision recorded", run_id=run_id, reviewer=reviewer, approved=approve)
         result = {"run_id": run_id, "status": decided.status, "seq": decided.seq, "message": decided.message,
@@ -165,7 +165,7 @@ def build_server(settings: Settings, *, allow_decisions: bool = False) -> MCPSer
     async def reject(run_id: str, reviewer: str, comment: str) -> dict[str, Any]:
         """Record a rejection of the run's open gate by ``reviewer``, with a reason (needs --allow-decisions)."""
         if not comment.strip():
-            raise ToolError("a rejection needs a comment that says why")
+            raise ToolError("missing comment: a rejection needs a comment with the reason")
         return await record_decision(run_id, reviewer, False, comment)
 
     return server

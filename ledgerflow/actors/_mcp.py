@@ -8,8 +8,9 @@ that returned is stored in the checkpoint store, and a later attempt or a
 resumed run reads it there instead of calling the server again.
 
 Transport failures and timeouts fail the attempt, so the node's ``lf.Retry``
-policy retries them with its backoff. A tool error (``isError``) and a
-result over the size cap are not retried unless the call asks for it.
+policy retries them with its backoff. A result over the size cap is not
+retried, and neither is a tool error (``isError``) unless the call sets
+``retry_tool_errors``.
 """
 
 from __future__ import annotations
@@ -245,7 +246,7 @@ def call_tool(ledger: CallLedger, server: McpServer, tool: str, arguments: Mappi
     ``io.ledgerflow/idempotency-key``, and as the argument ``idempotency_argument`` if given.
 
     Raises:
-        McpCallError: The call failed; the subclass and ``outcome`` say how.
+        McpCallError: The call failed. The subclass and its ``outcome`` name the kind of failure.
     """
     if not isinstance(server, McpServer):
         raise ConfigurationError(f"invalid MCP server {server!r}: pass an lf.McpServer")
@@ -454,7 +455,7 @@ async def _stdio_streams(server: McpServer, watcher: _Watcher, secrets: list[str
                                            stderr=subprocess.PIPE, env=env, cwd=server.cwd,
                                            start_new_session=True)
     except OSError as err:
-        raise McpTransportError(f"cannot start MCP server {server.name!r}: {err}", server=server.name,
+        raise McpTransportError(f"failed to start MCP server {server.name!r}: {err}", server=server.name,
                                 tool=watcher.tool) from err
     logger.debug("mcp server started", server=server.name, pid=process.pid)
     read_writer, read_stream = anyio.create_memory_object_stream[Any](0)
@@ -567,8 +568,8 @@ async def _stop_process(process: Any, name: str, *, graceful: bool) -> None:
     """End the server: close its stdin, then SIGTERM and SIGKILL its process group.
 
     A server whose call succeeded gets ``SHUTDOWN_GRACE_S`` to exit after its
-    stdin closes, as the MCP stdio transport asks; after a failure it gets
-    SIGTERM at once.
+    stdin closes, as the MCP stdio transport specifies. After a failure it
+    gets SIGTERM at once.
     """
     if process.stdin is not None:
         try:

@@ -2,7 +2,7 @@
 
 Usage: ``python _mcp_launcher.py PARENT_PID -- COMMAND [ARG]...``
 
-The launcher asks Linux for ``PR_SET_PDEATHSIG`` (SIGKILL) and then replaces
+The launcher sets Linux's ``PR_SET_PDEATHSIG`` to SIGKILL and then replaces
 itself with the server through ``execvp``, which keeps that setting. Without
 it, a server started by a Ray worker that is killed would run on as an
 orphan. The script uses the standard library only and runs as a file, so it
@@ -40,7 +40,7 @@ def main(argv: list[str]) -> int:
     try:
         os.execvp(command[0], command)
     except OSError as err:
-        print(f"cannot start MCP server {command[0]!r}: {err.strerror}", file=sys.stderr)
+        print(f"failed to start MCP server {command[0]!r}: {err.strerror}", file=sys.stderr)
         return 127
     return 0  # not reached: execvp replaces this process
 

@@ -239,7 +239,8 @@ def test_recorded_call_not_repeated_after_crash(home, helpers, flights_db, tmp_p
     assert drive.result.status == "completed", drive.result.message
     assert drive.crashes == 1
     assert counter.read_text().split() == ["call"]
-    assert ledger.read_text().split() == ["recorded:publish:-:record_load:1"]
+    key = "recorded:publish:-:record_load:1"
+    assert ledger.read_text().splitlines() == [f"{key} {key}"]
     calls = home.of_type("recorded", "McpToolCalled")
     assert [(call.attempt, call.tool, call.outcome) for call in calls] == [
         (1, "count_calls", "ok"), (1, "record_load", "ok"), (1, "flaky", "transport_error"),
@@ -251,6 +252,20 @@ def test_recorded_call_not_repeated_after_crash(home, helpers, flights_db, tmp_p
     assert [(call["attempt"], call["tool"], call["outcome"]) for call in account["mcp_calls"]] == [
         (1, "count_calls", "ok"), (1, "record_load", "ok"), (1, "flaky", "transport_error"), (2, "flaky", "ok"),
     ]
+
+
+def test_call_before_node_error_not_repeated(home, helpers, flights_db, tmp_path):
+    counter = tmp_path / "counter.txt"
+
+    result = lf.start_run(helpers.pipeline_locator("mcp_flights.py", "after_call"), run_id="after-call",
+                          params={"database": flights_db, "counter": str(counter)}, settings=home.settings)
+
+    assert result.status == "completed", result.message
+    assert counter.read_text().split() == ["call"]
+    calls = home.of_type("after-call", "McpToolCalled")
+    assert [(call.attempt, call.outcome) for call in calls] == [(1, "ok")]
+    failures = home.of_type("after-call", "NodeAttemptFailed")
+    assert [(failure.error_type, failure.will_retry) for failure in failures] == [("ValueError", True)]
 
 
 async def _audit(home, run_id):

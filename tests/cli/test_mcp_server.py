@@ -104,6 +104,6 @@ async def test_mcp_rejection_needs_comment(cli, helpers):
                                comment="counts are off")
 
     assert bare.is_error
-    assert "needs a comment" in bare.content[0].text
+    assert "missing comment" in bare.content[0].text
     assert rejected.structured_content["status"] == "rejected"
     assert cli("show", "numbers-rejected", "--json").json()["status"] == "rejected"

@@ -12,7 +12,7 @@ import sys
 import time
 from typing import Any
 
-from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver import Context, MCPServer
 
 DATABASE = sys.argv[1]
 server = MCPServer("flights")
@@ -45,14 +45,15 @@ def airlines_text() -> str:
 
 
 @server.tool()
-def record_load(rows: int, request_id: str = "") -> dict[str, Any]:
-    """Record a load in a side file, once per request id; return whether it was new."""
+def record_load(rows: int, ctx: Context, request_id: str = "") -> dict[str, Any]:
+    """Record a load in a side file, once per request id, with the idempotency key from ``_meta``."""
+    meta_key = (ctx.request_context.meta or {}).get("io.ledgerflow/idempotency-key", "")
     ledger = os.environ["LOAD_LEDGER"]
-    seen = set(open(ledger).read().split()) if os.path.exists(ledger) else set()
+    seen = {line.split()[0] for line in open(ledger).read().splitlines()} if os.path.exists(ledger) else set()
     new = request_id not in seen
     if new:
         with open(ledger, "a") as handle:
-            handle.write(request_id + "\n")
+            handle.write(f"{request_id} {meta_key}\n")
     return {"request_id": request_id, "rows": rows, "new": new}
 
 
@@ -66,7 +67,7 @@ def count_calls(marker: str) -> dict[str, Any]:
 
 @server.tool()
 def hang(pid_file: str = "") -> str:
-    """Write this server's pid to ``pid_file`` and never answer."""
+    """Write this server's pid to ``pid_file`` and never return."""
     if pid_file:
         with open(pid_file + ".tmp", "w") as handle:
             handle.write(str(os.getpid()))
@@ -104,7 +105,7 @@ def fail(reason: str) -> str:
 
 @server.tool()
 def flaky(marker: str) -> dict[str, Any]:
-    """Exit mid-call the first time (marker absent), answer the second time."""
+    """Exit mid-call the first time (marker absent), return the second time."""
     if not os.path.exists(marker):
         open(marker, "w").close()
         os._exit(4)

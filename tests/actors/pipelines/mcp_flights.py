@@ -3,7 +3,7 @@
 ``extract`` reads flights month by month through the server's
 ``flights_by_month`` tool and loads them into the warehouse. ``faulty`` and
 ``retried`` call the tool named by their parameters once, so tests can make
-the server hang, exit, print garbage or answer too much.
+the server hang, exit, print garbage or return too much.
 """
 
 from __future__ import annotations
@@ -125,3 +125,21 @@ def flights_over_http(context: lf.Context) -> pa.Table:
     server = lf.McpServer.http("flights-http", params.url, headers=headers, timeout_s=20,
                                max_result_bytes=params.max_result_bytes)
     return context.call_tool(server, "flights_by_month", {"month": params.month})
+
+
+class AfterCallParams(BaseModel):
+    database: str
+    counter: str
+
+
+after_call = lf.Pipeline("mcp-after-call", params=AfterCallParams)
+
+
+@after_call.step(retry=lf.Retry(attempts=2, backoff_s=0.1))
+def counted(context: lf.Context) -> pa.Table:
+    """Call a tool, then fail the first attempt with an error of the node's own."""
+    server = flights_server(context.params.database)
+    table = context.call_tool(server, "count_calls", {"marker": context.params.counter})
+    if context.attempt == 1:
+        raise ValueError("failing after the call on purpose")
+    return table
