@@ -28,6 +28,7 @@ from ledgerflow.actors._errors import (
 )
 from ledgerflow.actors._lease import Lease
 from ledgerflow.actors._loader import load_pipeline
+from ledgerflow.actors._mcp import interrupted_call
 from ledgerflow.actors._logging import configure_logging
 from ledgerflow.actors._pipeline import REJECTED_SUFFIX, WHOLE, Pipeline, RouteInput, changed_nodes
 from ledgerflow.actors._tasks import InputPart, InputSpec, TaskRequest, execute_partition, sample_checkpoints
@@ -103,6 +104,7 @@ class Flight:
     output_ref: Any
     timeout_s: float | None
     task: asyncio.Task[None] | None = None
+    started: float = field(default_factory=time.monotonic)
 
 
 @dataclass
@@ -583,8 +585,15 @@ class Executor:
         will_retry = flight.attempt < retry.attempts and getattr(error, "retryable", True) is not False
         delay = retry.delay(flight.attempt) * self.config.backoff_scale if will_retry else None
         message = _error_message(error)
-        # The MCP calls of a failed attempt come back attached to its error.
+        # The MCP calls of a failed attempt come back attached to its error. A worker that
+        # died or was cancelled mid-call returns nothing, but leaves the call's marker.
         events: list[Event] = list(getattr(error, "mcp_calls", None) or ())
+        if not events:
+            interrupted = interrupted_call(
+                self.state.checkpoint_root or self.config.checkpoint_root, self.config.run_id, flight.node,
+                flight.partition, flight.attempt, reason=message, duration_s=time.monotonic() - flight.started)
+            if interrupted is not None:
+                events.append(interrupted)
         events.append(NodeAttemptFailed(
             node=flight.node, partition=flight.partition or None, attempt=flight.attempt,
             error_type=type(error).__name__, message=message, timed_out=outcome.timed_out,

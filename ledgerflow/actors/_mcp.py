@@ -34,7 +34,7 @@ import anyio
 import pyarrow as pa
 import structlog
 
-from ledgerflow.actors._checkpoints import CheckpointStore, _read_bytes
+from ledgerflow.actors._checkpoints import CheckpointStore, _read_bytes, resolve_filesystem
 from ledgerflow.actors._context import Secret
 from ledgerflow.actors._errors import ConfigurationError
 from ledgerflow.events import LedgerflowError, Manifest, McpToolCalled
@@ -278,6 +278,11 @@ def call_tool(ledger: CallLedger, server: McpServer, tool: str, arguments: Mappi
     result_manifest: Manifest | None = None
     error: McpCallError | None = None
     result: Any = None
+    in_flight = _mark_in_flight(ledger, McpToolCalled(
+        node=ledger.node, partition=ledger.partition or None, attempt=ledger.attempt, server=server.name,
+        transport=server.transport, tool=tool, call_key=key, arguments_sha256=digest, duration_s=0.0,
+        outcome="interrupted", idempotency_key=idempotency_key,
+    ))
     try:
         result = _run_async(_invoke(server, tool, call_arguments, meta or None, limit))
         if result.is_error:
@@ -291,6 +296,8 @@ def call_tool(ledger: CallLedger, server: McpServer, tool: str, arguments: Mappi
         error = err
         if isinstance(err, McpToolError):
             err.retryable = retry_tool_errors
+    finally:
+        _clear_in_flight(in_flight)
     duration = round(time.perf_counter() - started, 6)
 
     ledger.events.append(McpToolCalled(
@@ -304,6 +311,43 @@ def call_tool(ledger: CallLedger, server: McpServer, tool: str, arguments: Mappi
         raise error
     log.info("mcp call finished", duration_s=duration, bytes=result_manifest.bytes if result_manifest else 0)
     return _to_table(result, server, tool, parser)
+
+
+def _in_flight_name(node: str, partition: str, attempt: int) -> str:
+    return f"mcp.{node}.{partition or '_'}.a{attempt}.in-flight.json"
+
+
+def _mark_in_flight(ledger: CallLedger, pending: McpToolCalled) -> str:
+    """Write the call about to be made beside the checkpoints, for the executor to find if the worker dies."""
+    data = pending.model_dump_json().encode("utf-8")
+    name = _in_flight_name(ledger.node, ledger.partition, ledger.attempt)
+    return CheckpointStore(ledger.checkpoint_root).write_bytes(data, run_id=ledger.run_id, name=name)
+
+
+def _clear_in_flight(uri: str) -> None:
+    filesystem, path = resolve_filesystem(uri)
+    try:
+        filesystem.delete_file(path)
+    except (FileNotFoundError, OSError) as err:
+        logger.warning("cannot remove the in-flight MCP call marker", uri=uri, error=str(err))
+
+
+def interrupted_call(checkpoint_root: str, run_id: str, node: str, partition: str, attempt: int,
+                     reason: str, duration_s: float) -> McpToolCalled | None:
+    """Return the event of a call that a dead worker or a cancelled task left in flight, or None.
+
+    The attempt's task wrote the call's marker before the call and removes it
+    after, so a marker that remains means the call never returned.
+    """
+    directory = CheckpointStore(checkpoint_root).run_directory(run_id)
+    data, _ = _read_bytes(f"{directory}/{_in_flight_name(node, partition, attempt)}")
+    if data is None:
+        return None
+    try:
+        pending = McpToolCalled.model_validate_json(data)
+    except ValueError:
+        return None
+    return pending.model_copy(update={"error": reason, "duration_s": round(duration_s, 6)})
 
 
 def _store_result(ledger: CallLedger, key: str, result: Any) -> Manifest:

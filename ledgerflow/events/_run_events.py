@@ -226,7 +226,8 @@ class McpToolCalled(Event):
     call_key: str
     arguments_sha256: str
     duration_s: float
-    #: ``ok``, ``tool_error``, ``timeout``, ``transport_error``, ``protocol_error`` or ``too_large``.
+    #: ``ok``, ``tool_error``, ``timeout``, ``transport_error``, ``protocol_error``, ``too_large``,
+    #: or ``interrupted`` (the worker died or the attempt was cancelled mid-call).
     outcome: str
     error: str | None = None
     result: Manifest | None = None

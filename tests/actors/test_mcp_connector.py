@@ -223,6 +223,25 @@ def test_worker_killed_leaves_no_server(home, helpers, flights_db, tmp_path):
     assert outcome["result"].status == "failed"
     failures = home.of_type("killed", "NodeAttemptFailed")
     assert len(failures) == 1
+    calls = home.of_type("killed", "McpToolCalled")
+    assert [(call.tool, call.outcome) for call in calls] == [("hang", "interrupted")]
+    assert calls[0].error == failures[0].message
+
+
+def test_node_timeout_cancels_call_and_server(home, helpers, flights_db, tmp_path):
+    server_pid_file = tmp_path / "server.pid"
+
+    result = _fault(home, helpers, flights_db, "node-timeout", "hang", pipeline="node_timeout",
+                    call_timeout_s=120.0, arguments={"pid_file": str(server_pid_file)})
+
+    assert result.status == "failed"
+    failures = home.of_type("node-timeout", "NodeAttemptFailed")
+    assert [failure.timed_out for failure in failures] == [True]
+    calls = home.of_type("node-timeout", "McpToolCalled")
+    assert [(call.tool, call.outcome) for call in calls] == [("hang", "interrupted")]
+    server_pid = int(server_pid_file.read_text())
+    helpers.wait_until(lambda: not _pid_running(server_pid), timeout_s=30,
+                       description=f"MCP server pid {server_pid} to end after its task was cancelled")
 
 
 def test_recorded_call_not_repeated_after_crash(home, helpers, flights_db, tmp_path):

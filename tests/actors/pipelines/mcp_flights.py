@@ -143,3 +143,12 @@ def counted(context: lf.Context) -> pa.Table:
     if context.attempt == 1:
         raise ValueError("failing after the call on purpose")
     return table
+
+
+node_timeout = lf.Pipeline("mcp-node-timeout", params=FaultParams)
+
+
+@node_timeout.extract(retry=lf.Retry(attempts=1, timeout_s=3))
+def cut_short(context: lf.Context) -> pa.Table:
+    """Call with a call timeout longer than the node's, so the executor cancels the task mid-call."""
+    return _call(context)
