@@ -38,7 +38,7 @@ from ledgerflow.actors._mcp_errors import (
     McpToolError,
     McpTransportError,
 )
-from ledgerflow.actors._mcp_transport import invoke, run_async
+from ledgerflow.actors._mcp_transport import invoke, run_async, scrub, secret_values
 from ledgerflow.events import Manifest, McpToolCalled
 
 __all__ = [
@@ -225,7 +225,8 @@ def call_tool(ledger: CallLedger, server: McpServer, tool: str, arguments: Mappi
     try:
         result = run_async(invoke(server, tool, call_arguments, meta or None, limit))
         if result.is_error:
-            text = _result_text(result)[:500]
+            # The server may echo its environment or headers, so secrets are scrubbed here too.
+            text = scrub(_result_text(result)[:500], secret_values(server))
             error = McpToolError(f"tool {tool!r} on MCP server {server.name!r} returned an error: {text}",
                                  server=server.name, tool=tool)
             error.retryable = retry_tool_errors

@@ -2,9 +2,9 @@
 
 A call opens a session, initializes it, calls the tool and closes the
 session, all within the call's timeout. A stdio server's stdout is read
-here rather than by the SDK, so that text that is not an MCP message or a
-message over the size cap fails the call at once, and the server process
-always ends with the call.
+here rather than by the SDK. So text that is not an MCP message, or a
+message over the size cap, fails the call at once. The server process is
+stopped when the call ends, whatever its outcome.
 """
 
 from __future__ import annotations
@@ -59,7 +59,15 @@ def _reveal(values: Mapping[str, str | Secret]) -> tuple[dict[str, str], list[st
     return revealed, secrets
 
 
-def _scrub(text: str, secrets: list[str]) -> str:
+def secret_values(server: McpServer) -> list[str]:
+    """Return the values of the server's secret environment variables and headers, read here."""
+    _, env_secrets = _reveal(server.env)
+    _, header_secrets = _reveal(server.headers)
+    return env_secrets + header_secrets
+
+
+def scrub(text: str, secrets: list[str]) -> str:
+    """Replace each secret value in ``text`` with ``[redacted]``."""
     for secret in secrets:
         if secret:
             text = text.replace(secret, "[redacted]")
@@ -150,7 +158,7 @@ def _from_mcp_error(err: Any, server: McpServer, tool: str) -> McpCallError:
 
 
 def _scrubbed(error: McpCallError, secrets: list[str]) -> McpCallError:
-    text = _scrub(str(error), secrets)
+    text = scrub(str(error), secrets)
     if text == str(error):
         return error
     clean = type(error)(text, server=error.server, tool=error.tool)
@@ -208,7 +216,7 @@ async def _stdio_streams(server: McpServer, watcher: _Watcher, secrets: list[str
 
     def describe_exit() -> str:
         code = process.returncode
-        tail = _scrub(stderr_tail.decode("utf-8", "replace").strip(), secrets)
+        tail = scrub(stderr_tail.decode("utf-8", "replace").strip(), secrets)
         status = f"status {code}" if code is not None and code >= 0 else \
             f"signal {-code}" if code is not None else "an unknown status"
         return f"exited with {status}" + (f"; stderr: {tail[-500:]}" if tail else "")
@@ -237,7 +245,7 @@ async def _stdio_streams(server: McpServer, watcher: _Watcher, secrets: list[str
                     try:
                         message = jsonrpc_message_adapter.validate_json(line, by_name=False)
                     except ValueError:
-                        excerpt = _scrub(line[:200].decode("utf-8", "replace"), secrets)
+                        excerpt = scrub(line[:200].decode("utf-8", "replace"), secrets)
                         watcher.fail(McpProtocolError(
                             f"MCP server {server.name!r} printed text that is not an MCP message on stdout: "
                             f"{excerpt!r}; a stdio server must write only JSON-RPC messages there (log to stderr)",

@@ -308,8 +308,16 @@ def test_secret_reaches_server_not_log(home, helpers, flights_db):
     assert "[redacted]" in calls[0].error
     assert secret not in calls[0].error
     assert secret not in leaked.message
-    log_bytes = pathlib.Path(home.settings.store_path).read_bytes()
-    assert secret.encode() not in log_bytes
+    echoed = _fault(home, helpers, flights_db, "secret-echo", "echo_secret_error", token=f"env:{helpers.secret_env}")
+    assert echoed.status == "failed"
+    echo_calls = home.of_type("secret-echo", "McpToolCalled")
+    assert [call.outcome for call in echo_calls] == ["tool_error"]
+    assert "rejected token [redacted]" in echo_calls[0].error
+    # The log is in WAL mode, so recent events may sit in the -wal file.
+    for suffix in ("", "-wal"):
+        log_file = pathlib.Path(home.settings.store_path + suffix)
+        if log_file.exists():
+            assert secret.encode() not in log_file.read_bytes(), log_file
 
 
 def test_extract_over_http_equals_direct_query(home, helpers, flights_db, http_url):

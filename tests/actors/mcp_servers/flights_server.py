@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
 
 DATABASE = sys.argv[1]
 server = MCPServer("flights")
@@ -117,6 +118,12 @@ def leak_secret() -> str:
     """Print the secret token on stderr and exit, as a careless server might."""
     print(f"token is {os.environ.get('FLIGHTS_TOKEN')}", file=sys.stderr, flush=True)
     os._exit(5)
+
+
+@server.tool()
+def echo_secret_error() -> str:
+    """Report a tool error whose text contains the secret token."""
+    raise ToolError(f"rejected token {os.environ.get('FLIGHTS_TOKEN')}")
 
 
 @server.tool()
