@@ -33,6 +33,9 @@ from ledgerflow.actors._mcp_errors import (
     McpTransportError,
 )
 
+if sys.version_info < (3, 11):
+    from exceptiongroup import BaseExceptionGroup  # anyio installs it on Python 3.10
+
 if TYPE_CHECKING:
     from ledgerflow.actors._mcp import McpServer
 
@@ -131,11 +134,11 @@ async def invoke(server: McpServer, tool: str, arguments: dict[str, Any], meta: 
         raise _scrubbed(watcher.error or McpTransportError(
             f"connection to MCP server {server.name!r} failed during call of {tool!r}: "
             f"{type(err).__name__}: {err}", server=server.name, tool=tool), secrets) from None
-    except BaseExceptionGroup as group:  # noqa: F821 - builtin on Python 3.11
+    except BaseExceptionGroup as group:
         if watcher.error is not None:
             raise _scrubbed(watcher.error, secrets) from None
         first: BaseException = group
-        while isinstance(first, BaseExceptionGroup) and first.exceptions:  # noqa: F821
+        while isinstance(first, BaseExceptionGroup) and first.exceptions:
             first = first.exceptions[0]
         if isinstance(first, MCPError):
             raise _scrubbed(_from_mcp_error(first, server, tool), secrets) from None
