@@ -286,6 +286,12 @@ def print_audit(account: dict[str, Any]) -> None:
     for route in account["routes"]:
         _console.print(f"seq {route['seq']}: route {route['route']} after {route['source']}: {route['reason']}; "
                        f"skipped {route['skipped']}", markup=False, soft_wrap=True)
+    for call in account.get("mcp_calls", ()):
+        partition = f"[{call['partition']}]" if call["partition"] else ""
+        _console.print(f"seq {call['seq']}: {call['node']}{partition} attempt {call['attempt']} called "
+                       f"{call['tool']} on MCP server {call['server']}: {call['outcome']} in "
+                       f"{call['duration_s']:.3f} s" + (f": {call['error']}" if call["error"] else ""),
+                       markup=False, soft_wrap=True)
     for finding in account["findings"]:
         _console.print(f"seq {finding['seq']}: {finding['kind']}: {finding['detail']}", markup=False, soft_wrap=True)
     if account["quarantine"]:

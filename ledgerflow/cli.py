@@ -518,5 +518,17 @@ def gc(options: Options, older_than: float, dry_run: bool) -> int:
     return TamperedLogError.exit_code if tampered else 0
 
 
+@main.command()
+@click.option("--allow-decisions", is_flag=True,
+              help="Let MCP clients approve and reject runs (decisions are only recorded).")
+@common_options
+def mcp(options: Options, allow_decisions: bool) -> int:
+    """Serve runs, events, verification and audits to MCP clients over stdio."""
+    from ledgerflow._mcp_server import serve
+
+    serve(options.settings, allow_decisions=allow_decisions)
+    return 0
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

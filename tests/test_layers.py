@@ -51,12 +51,12 @@ def test_events_import_does_not_load_ray():
 def test_public_api_exports():
     assert sorted(ledgerflow.__all__) == [
         "CodeChangedError", "ConfigurationError", "Context", "CsvSource", "DecisionRefusedError", "History", "LeaseHeldError",
-        "LedgerflowError", "Middleware", "ParameterError", "ParquetDataset", "ParquetSource", "Pipeline",
-        "PipelineDefinitionError", "PipelineImportError", "PolicyConfigurationError", "PolicyRule", "PostgresTable",
-        "Retry", "RouteInput", "RunExistsError", "RunResult", "RunState", "SchemaMismatchError", "Secret",
-        "Settings", "SqlSource", "SqliteTable", "TamperedLogError", "UsageError", "Validation", "__version__",
-        "cancel", "cancel_run", "decide", "history", "load_policy", "load_state", "resume", "resume_run", "run",
-        "start_run",
+        "LedgerflowError", "McpCallError", "McpServer", "Middleware", "ParameterError", "ParquetDataset",
+        "ParquetSource", "Pipeline", "PipelineDefinitionError", "PipelineImportError", "PolicyConfigurationError",
+        "PolicyRule", "PostgresTable", "Retry", "RouteInput", "RunExistsError", "RunResult", "RunState",
+        "SchemaMismatchError", "Secret", "Settings", "SqlSource", "SqliteTable", "TamperedLogError", "UsageError",
+        "Validation", "__version__", "cancel", "cancel_run", "decide", "history", "load_policy", "load_state",
+        "resume", "resume_run", "run", "start_run",
     ]
     for name in ledgerflow.__all__:
         assert hasattr(ledgerflow, name), name

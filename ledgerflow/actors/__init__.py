@@ -24,6 +24,16 @@ from ledgerflow.actors._errors import (
     SchemaMismatchError,
 )
 from ledgerflow.actors._files import BadRowError, CsvSource, ParquetSource, SourceError
+from ledgerflow.actors._mcp import (
+    McpCallError,
+    McpProtocolError,
+    McpResultError,
+    McpResultTooLargeError,
+    McpServer,
+    McpTimeoutError,
+    McpToolError,
+    McpTransportError,
+)
 from ledgerflow.actors._executor import Executor, ExecutorConfig, RunActor, RunOutcome
 from ledgerflow.actors._gc import (
     DEFAULT_RETENTION_DAYS,
@@ -81,6 +91,14 @@ __all__ = [
     "Lease",
     "LeaseHeldError",
     "LoggingMiddleware",
+    "McpCallError",
+    "McpProtocolError",
+    "McpResultError",
+    "McpResultTooLargeError",
+    "McpServer",
+    "McpTimeoutError",
+    "McpToolError",
+    "McpTransportError",
     "Middleware",
     "Node",
     "ParameterError",

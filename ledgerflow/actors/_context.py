@@ -98,6 +98,8 @@ class Context:
     state: Mapping[str, Any]
     logger: Any
     recorded: dict[str, Any] = field(default_factory=dict)
+    #: The attempt's MCP calls: results recorded earlier and the events of this attempt.
+    mcp: Any = None
 
     def record(self, key: str, value: Any) -> None:
         """Add a small fact (a watermark, a count) to the run's shared state.
@@ -109,6 +111,35 @@ class Context:
         if not isinstance(key, str) or not key:
             raise ValueError(f"invalid state key {key!r}: use a non-empty string")
         self.recorded[key] = value
+
+    def call_tool(self, server: Any, tool: str, arguments: Mapping[str, Any] | None = None, *,
+                  parser: Any = None, writes: bool = False, idempotency_argument: str | None = None,
+                  retry_tool_errors: bool = False, timeout_s: float | None = None) -> Any:
+        """Call ``tool`` on an :class:`~ledgerflow.McpServer` and return its result as an Arrow table.
+
+        Each call is recorded as an ``McpToolCalled`` event. A call that
+        returned in an earlier attempt or before a resume is not made again:
+        its stored result is read instead.
+
+        Args:
+            arguments: The tool's arguments; their canonical JSON's SHA-256 is recorded, not the values.
+            parser: A function from the ``CallToolResult`` to a table or DataFrame; without it the
+                table comes from the structured content or from JSON text.
+            writes: The call changes something: it gets an idempotency key derived from the run,
+                node and partition, in ``_meta`` and, with ``idempotency_argument``, as that argument.
+            retry_tool_errors: Retry the attempt when the tool reports an error (default: fail).
+            timeout_s: Seconds for this call instead of the server's ``timeout_s``.
+
+        Raises:
+            McpCallError: The call failed; a transport failure or timeout is retried under the node's policy.
+        """
+        from ledgerflow.actors._mcp import call_tool
+
+        if self.mcp is None:
+            raise RuntimeError("this context cannot call MCP tools: it was not made for a node attempt")
+        return call_tool(self.mcp, server, tool, arguments, parser=parser, writes=writes,
+                         idempotency_argument=idempotency_argument, retry_tool_errors=retry_tool_errors,
+                         timeout_s=timeout_s, logger_=self.logger)
 
 
 class AttemptStopped(Exception):

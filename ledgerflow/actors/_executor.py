@@ -30,6 +30,7 @@ from ledgerflow.actors._errors import (
 from ledgerflow.actors._lease import open_lease
 from ledgerflow.actors._lineage import LineageEmitter
 from ledgerflow.actors._loader import load_pipeline
+from ledgerflow.actors._mcp import interrupted_call
 from ledgerflow.actors._logging import configure_logging
 from ledgerflow.actors._pipeline import REJECTED_SUFFIX, WHOLE, Pipeline, RouteInput, changed_nodes
 from ledgerflow.actors._telemetry import Telemetry
@@ -112,6 +113,7 @@ class Flight:
     output_ref: Any
     timeout_s: float | None
     task: asyncio.Task[None] | None = None
+    started: float = field(default_factory=time.monotonic)
 
 
 @dataclass
@@ -505,7 +507,8 @@ class Executor:
             params=self.state.params, shared=dict(self.state.shared),
             checkpoint_root=self.state.checkpoint_root or self.config.checkpoint_root,
             warehouse=self.config.warehouse, inputs=tuple(specs), log_level=self.config.log_level,
-            extra={"telemetry": self.config.telemetry, "trace_context": Telemetry.carrier(self._node_span(name))},
+            extra={"telemetry": self.config.telemetry, "trace_context": Telemetry.carrier(self._node_span(name)),
+                   **({"mcp_calls": dict(part.calls)} if part.calls else {})},
         )
         info_ref, output_ref = execute_partition.options(
             num_returns=2, name=f"ledgerflow:{name}[{key}]#{attempt}"
@@ -607,10 +610,11 @@ class Executor:
     def _success_events(self, outcome: Outcome) -> list[Event]:
         flight, info = outcome.flight, outcome.info
         assert info is not None
-        events: list[Event] = [
+        events: list[Event] = list(info.get("mcp_calls", ()))
+        events.extend(
             StateRecorded(node=flight.node, partition=flight.partition or None, key=key, value=value)
             for key, value in info["facts"].items()
-        ]
+        )
         # Events that middleware members recorded (policy findings) go in the same batch as the
         # completion, so a crash never separates a decision from the partition it concerns.
         events.extend(info.get("events") or ())
@@ -646,14 +650,24 @@ class Executor:
                                           reason=error.reason, expected_sha256=expected,
                                           actual_sha256=error.actual_sha256)]
         retry = self.pipeline.nodes[flight.node].retry
-        will_retry = flight.attempt < retry.attempts
+        # An error may declare itself not worth retrying (an MCP tool error, an oversized result).
+        will_retry = flight.attempt < retry.attempts and getattr(error, "retryable", True) is not False
         delay = retry.delay(flight.attempt) * self.config.backoff_scale if will_retry else None
         message = _error_message(error)
-        events: list[Event] = [NodeAttemptFailed(
+        # The MCP calls of a failed attempt come back attached to its error. A worker that
+        # died or was cancelled mid-call returns nothing, but leaves the call's marker.
+        events: list[Event] = list(getattr(error, "mcp_calls", None) or ())
+        if not events:
+            interrupted = interrupted_call(
+                self.state.checkpoint_root or self.config.checkpoint_root, self.config.run_id, flight.node,
+                flight.partition, flight.attempt, reason=message, duration_s=time.monotonic() - flight.started)
+            if interrupted is not None:
+                events.append(interrupted)
+        events.append(NodeAttemptFailed(
             node=flight.node, partition=flight.partition or None, attempt=flight.attempt,
             error_type=type(error).__name__, message=message, timed_out=outcome.timed_out,
             will_retry=will_retry, retry_in_s=delay,
-        )]
+        ))
         if will_retry:
             self._retry_at[(flight.node, flight.partition)] = time.monotonic() + (delay or 0.0)
             self.log.warning("attempt failed, retrying", node=flight.node, partition=flight.partition or None,

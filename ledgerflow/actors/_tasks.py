@@ -34,6 +34,7 @@ from ledgerflow.actors._pipeline import LoadTarget, Node, Pipeline, Validation
 from ledgerflow.actors._postgres_sink import PostgresTable, load_into_postgres
 from ledgerflow.actors._policy import PolicyMiddleware
 from ledgerflow.actors._telemetry import TelemetryMiddleware
+from ledgerflow.actors._mcp import CallLedger
 from ledgerflow.actors._sinks import load_into_sqlite
 from ledgerflow.events import Manifest, redact_text
 
@@ -119,7 +120,7 @@ def default_chain(pipeline: Pipeline, node: Node) -> list[Any]:
 
 
 def _call_node(pipeline: Pipeline, node: Node, request: TaskRequest, tables: dict[str, pa.Table],
-               attempt: Attempt) -> tuple[Any, dict[str, Any]]:
+               attempt: Attempt, calls: CallLedger) -> tuple[Any, dict[str, Any]]:
     assert node.function is not None
     arguments: dict[str, Any] = dict(tables)
     recorded: dict[str, Any] = {}
@@ -129,7 +130,7 @@ def _call_node(pipeline: Pipeline, node: Node, request: TaskRequest, tables: dic
     if node.takes_context:
         context = Context(
             run_id=request.run_id, node=request.node, partition=request.partition, attempt=request.attempt,
-            params=params, state=dict(request.shared), logger=attempt.logger,
+            params=params, state=dict(request.shared), logger=attempt.logger, mcp=calls,
         )
         recorded = context.recorded
         arguments["context"] = context
@@ -172,17 +173,27 @@ def execute_partition(pipeline: Pipeline, request: TaskRequest, *live_tables: pa
     attempt = Attempt(run_id=request.run_id, node=request.node, kind=node.kind, partition=request.partition,
                       attempt=request.attempt, logger=logger,
                       params=pipeline.params_model.model_validate(request.params), telemetry=request.extra)
-    tables = _gather_inputs(request, live_tables)
+    calls = CallLedger(run_id=request.run_id, node=request.node, partition=request.partition,
+                       attempt=request.attempt, checkpoint_root=request.checkpoint_root,
+                       recorded=request.extra.get("mcp_calls", {}))
     info: dict[str, Any] = {"facts": {}, "report": {}, "extra": {}, "manifest": None, "already_loaded": False,
-                            "events": attempt.events, "stopped": None}
+                            "events": attempt.events, "stopped": None, "mcp_calls": []}
     try:
-        result, facts = _call_node(pipeline, node, request, tables, attempt)
+        tables = _gather_inputs(request, live_tables)
+        result, facts = _call_node(pipeline, node, request, tables, attempt, calls)
     except AttemptStopped as stopped:
         # A member decided to stop the run: its events and reason are the outcome, not an error to retry.
         info["stopped"] = {"reason": stopped.reason, "error_type": stopped.error_type}
         info["duration_s"] = time.perf_counter() - started
+        info["mcp_calls"] = list(calls.events)
         return info, None
+    except Exception as error:
+        # The executor records the calls of a failed attempt too; they ride on the error.
+        if calls.events:
+            error.mcp_calls = list(calls.events)  # type: ignore[attr-defined]
+        raise
     info["facts"] = facts
+    info["mcp_calls"] = list(calls.events)
 
     store = CheckpointStore(request.checkpoint_root)
     where = {"run_id": request.run_id, "node": request.node, "partition": request.partition,

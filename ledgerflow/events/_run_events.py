@@ -235,6 +235,33 @@ class RunCancelled(Event):
     reason: str = ""
 
 
+class McpToolCalled(Event):
+    """One call of a tool on an MCP server, made by a node attempt.
+
+    ``server`` is the name the pipeline gave the server, never its command,
+    URL or secrets. ``result`` points to the raw tool result in the
+    checkpoint store when the call returned one, so a resumed run reads it
+    there instead of calling again.
+    """
+
+    node: str
+    partition: str | None
+    attempt: int
+    server: str
+    transport: str
+    tool: str
+    #: The call's key within its partition: tool, argument hash and occurrence.
+    call_key: str
+    arguments_sha256: str
+    duration_s: float
+    #: ``ok``, ``tool_error``, ``timeout``, ``transport_error``, ``protocol_error``, ``too_large``,
+    #: or ``interrupted`` (the worker died or the attempt was cancelled mid-call).
+    outcome: str
+    error: str | None = None
+    result: Manifest | None = None
+    idempotency_key: str | None = None
+
+
 class CheckpointsRemoved(Event):
     uris: tuple[str, ...]
     reason: str

@@ -23,6 +23,7 @@ from ledgerflow.events._run_events import (
     CodeChangeAccepted,
     ExecutorAttached,
     Manifest,
+    McpToolCalled,
     NodeAttemptFailed,
     NodeCompleted,
     NodeSpec,
@@ -62,6 +63,8 @@ class PartitionState:
     duration_s: float = 0.0
     last_error: str | None = None
     completed_at: str | None = None
+    #: Results of MCP tool calls that returned, by call key, so they are never made again.
+    calls: dict[str, Manifest] = field(default_factory=dict)
 
 
 @dataclass
@@ -231,6 +234,14 @@ def _attempt_failed(state: RunState, event: NodeAttemptFailed, at: str | None) -
         part.status = "failed"
 
 
+def _mcp_tool_called(state: RunState, event: McpToolCalled, at: str | None) -> None:
+    if event.result is None:
+        return
+    node = state.nodes[event.node]
+    part = node.partitions.setdefault(event.partition or "", PartitionState())
+    part.calls[event.call_key] = event.result
+
+
 def _node_completed(state: RunState, event: NodeCompleted, at: str | None) -> None:
     node = state.nodes[event.node]
     node.status = "completed"
@@ -331,6 +342,7 @@ _HANDLERS: dict[type[Event], Any] = {
     NodeStarted: _node_started,
     PartitionCompleted: _partition_completed,
     NodeAttemptFailed: _attempt_failed,
+    McpToolCalled: _mcp_tool_called,
     NodeCompleted: _node_completed,
     CheckpointInvalidated: _checkpoint_invalidated,
     CheckpointsRemoved: _checkpoints_removed,

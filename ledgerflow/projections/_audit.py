@@ -9,7 +9,7 @@ import json
 import os
 from typing import Any
 
-from ledgerflow.events import EventStore, TamperedLogError, load_run_state
+from ledgerflow.events import EventStore, McpToolCalled, TamperedLogError, load_run_state
 from ledgerflow.projections._history import caught_up_projector
 
 EXPORT_FORMAT = "ledgerflow-export"
@@ -60,9 +60,27 @@ async def audit_run(store: EventStore, run_id: str, home: str | None = None) -> 
                          "ORDER BY seq"),
         "quarantine": rows("SELECT node, partition, reason, rows FROM quarantine WHERE run_id = ? "
                            "ORDER BY node, partition, reason"),
+        "mcp_calls": await _mcp_calls(store, run_id),
         "error": state.failure.message if state.failure else None,
         "verification": verification,
     }
+
+
+async def _mcp_calls(store: EventStore, run_id: str) -> list[dict[str, Any]]:
+    """Return the run's MCP tool calls, oldest first, read straight from the stream."""
+    calls = []
+    async for recorded in store.read_stream(run_id, verify=False):
+        if recorded.type != McpToolCalled.event_type:
+            continue
+        event = recorded.decode(store.path)
+        calls.append({
+            "seq": recorded.seq, "node": event.node, "partition": event.partition, "attempt": event.attempt,
+            "server": event.server, "transport": event.transport, "tool": event.tool,
+            "arguments_sha256": event.arguments_sha256, "outcome": event.outcome, "error": event.error,
+            "duration_s": event.duration_s, "idempotency_key": event.idempotency_key,
+            "result_uri": event.result.uri if event.result else None, "recorded_at": recorded.recorded_at,
+        })
+    return calls
 
 
 async def export_run(store: EventStore, run_id: str, path: str) -> dict[str, Any]:
