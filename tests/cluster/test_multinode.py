@@ -83,7 +83,7 @@ def test_worker_node_lost_mid_run(command, local_cluster, poll, spread_pipeline,
     assert all(event["payload"]["will_retry"] for event in failed)
 
 
-#: A custom resource that only some worker nodes have: executors need it, so a test knows where they run.
+#: A custom resource that only some worker nodes have. Executors require it, so a test can tell where they run.
 EXECUTOR_RESOURCE = "ledgerflow-test-executor"
 
 
