@@ -11,6 +11,7 @@ import asyncio
 import datetime as dt
 import getpass
 import hashlib
+import json
 import logging
 import os
 import secrets
@@ -146,8 +147,19 @@ def status_of(state: RunState, store_url: str) -> str:
 # Ray
 
 
+_RAY_INIT_LOCK = threading.Lock()
+
+
 def ensure_ray(address: str | None, *, log_to_driver: bool = False) -> None:
-    """Join ``address`` (or ``$RAY_ADDRESS``) or start a private local Ray for this process."""
+    """Join ``address`` (or ``$RAY_ADDRESS``) or start a private local Ray for this process.
+
+    Safe to call from several threads at once: the first one connects.
+    """
+    with _RAY_INIT_LOCK:
+        _connect_ray(address, log_to_driver)
+
+
+def _connect_ray(address: str | None, log_to_driver: bool) -> None:
     if ray.is_initialized():
         return
     _send_ray_messages_to_stderr()
@@ -194,6 +206,35 @@ def _actor_name(run_id: str, settings: Settings) -> str:
         store = parse_url(store).display
     home_hash = hashlib.sha256(store.encode()).hexdigest()[:12]
     return f"{run_id}@{home_hash}"
+
+
+EXECUTOR_RESOURCES_ENV = "LEDGERFLOW_EXECUTOR_RESOURCES"
+
+
+def _executor_resources() -> dict[str, float]:
+    """Return the custom Ray resources an executor requires, from ``$LEDGERFLOW_EXECUTOR_RESOURCES``.
+
+    The value is a JSON object such as ``{"on-demand": 0.01}``, which keeps
+    executors on nodes started with that resource (``ray start --resources``).
+
+    Raises:
+        ConfigurationError: The value is not a JSON object of positive numbers.
+    """
+    text = os.environ.get(EXECUTOR_RESOURCES_ENV, "").strip()
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = None
+    if not isinstance(value, dict) or not all(
+            isinstance(amount, (int, float)) and not isinstance(amount, bool) and amount > 0
+            for amount in value.values()):
+        raise ConfigurationError(
+            f"invalid {EXECUTOR_RESOURCES_ENV}={text!r}: set a JSON object of resource names and positive "
+            'amounts, for example {"on-demand": 0.01}'
+        )
+    return {str(name): float(amount) for name, amount in value.items()}
 
 
 def _check_cluster(settings: Settings) -> None:
@@ -332,23 +373,33 @@ def _execute(settings: Settings, config: ExecutorConfig, *, on_progress: Progres
         "namespace": NAMESPACE,
         "max_restarts": max_restarts,
         "max_task_retries": 1 if max_restarts else 0,
-        # With a SQLite log the executor must run where the log file is.
-        "scheduling_strategy": NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False),
     }
+    resources = _executor_resources()
+    if resources:
+        options["resources"] = resources
+    if not is_postgres_url(settings.store_url):
+        # With a SQLite log the executor must run where the log file is. A
+        # PostgreSQL log is reachable from every node, so Ray may place it anywhere.
+        options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(),
+                                                                        soft=False)
     try:
         actor = RunActor.options(**options).remote(config)
     except ValueError as err:
         raise LeaseHeldError(config.run_id, f"Ray actor {options['name']} in this cluster") from err
     try:
-        outcome = asyncio.run(_follow(actor, settings, config.run_id, on_progress, handle_sigint))
+        outcome = asyncio.run(_follow(actor, settings, config.run_id, on_progress, handle_sigint, max_restarts))
     finally:
         ray.kill(actor, no_restart=True)
     return RunResult(outcome.run_id, outcome.status, outcome.seq, outcome.message or _status_message(outcome),
                      extra=dict(outcome.extra))
 
 
+#: Seconds the command keeps calling an unavailable executor while Ray restarts it on another node.
+RESTART_WAIT_S = 120.0
+
+
 async def _follow(actor: Any, settings: Settings, run_id: str, on_progress: ProgressCallback | None,
-                  handle_sigint: bool) -> RunOutcome:
+                  handle_sigint: bool, max_restarts: int = 0) -> RunOutcome:
     """Wait for the executor while folding its events for progress; Ctrl-C interrupts cleanly."""
     loop = asyncio.get_running_loop()
     interrupted = asyncio.Event()
@@ -357,12 +408,26 @@ async def _follow(actor: Any, settings: Settings, run_id: str, on_progress: Prog
     result = asyncio.wrap_future(actor.run.remote().future())
     store = await open_store(settings.store_url) if on_progress is not None else None
     state = RunState()
+    unavailable_since: float | None = None
     try:
         interrupt_sent = False
         while True:
             done, _ = await asyncio.wait({result}, timeout=0.2)
             if store is not None:
                 state = await _progress(store, run_id, state, on_progress)
+            if done and max_restarts and isinstance(result.exception(), ray.exceptions.ActorUnavailableError):
+                # The executor's node went away mid-call. Ray restarts the actor elsewhere but does not
+                # repeat the call, so it is made again until the restarted executor takes it (it resumes
+                # from the log) or Ray gives the actor up.
+                now = loop.time()
+                if unavailable_since is None:
+                    unavailable_since = now
+                    logger.warning("executor unavailable, calling it again until Ray restarts it", run_id=run_id,
+                                   error=str(result.exception()).splitlines()[0])
+                if now - unavailable_since < RESTART_WAIT_S:
+                    await asyncio.sleep(1.0)
+                    result = asyncio.wrap_future(actor.run.remote().future())
+                    continue
             if done:
                 break
             if interrupted.is_set() and not interrupt_sent:

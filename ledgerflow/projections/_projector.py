@@ -50,7 +50,7 @@ from ledgerflow.events import (
     decode_payload,
 )
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 logger = structlog.get_logger("ledgerflow.projections")
 
@@ -90,7 +90,10 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 );
 CREATE TABLE IF NOT EXISTS lineage (
     run_id TEXT NOT NULL, seq INTEGER NOT NULL, node TEXT NOT NULL, partition TEXT NOT NULL,
-    output_uri TEXT, run_fingerprint TEXT,
+    PRIMARY KEY (run_id, seq)
+);
+CREATE TABLE IF NOT EXISTS fingerprints (
+    run_id TEXT NOT NULL, seq INTEGER NOT NULL, fingerprint TEXT NOT NULL,
     PRIMARY KEY (run_id, seq)
 );
 CREATE TABLE IF NOT EXISTS approvals (
@@ -123,8 +126,10 @@ CREATE TABLE IF NOT EXISTS shared_state (
 #: (the same partition when the source has it, else all partitions) that
 #: were recorded before the output and not invalidated by then.
 LINEAGE_QUERY = """
-SELECT lineage.node, lineage.partition, lineage.seq, lineage.output_uri, output.sha256 AS output_sha256,
-       nodes.fingerprint, lineage.run_fingerprint, source.node AS input_node,
+SELECT lineage.node, lineage.partition, lineage.seq, output.uri AS output_uri, output.sha256 AS output_sha256,
+       nodes.fingerprint, (SELECT fingerprint FROM fingerprints WHERE fingerprints.run_id = lineage.run_id
+           AND fingerprints.seq < lineage.seq ORDER BY fingerprints.seq DESC LIMIT 1) AS run_fingerprint,
+       source.node AS input_node,
        source.partition AS input_partition, source.uri AS input_uri, source.sha256 AS input_sha256
 FROM lineage
 JOIN nodes ON nodes.run_id = lineage.run_id AND nodes.node = lineage.node
@@ -142,7 +147,7 @@ ORDER BY lineage.seq, input_node, input_partition
 """
 
 #: The read-model tables, in the order a rebuild compares them.
-TABLES = ("runs", "nodes", "partitions", "attempts", "checkpoints", "lineage", "approvals", "routes",
+TABLES = ("runs", "nodes", "partitions", "attempts", "checkpoints", "lineage", "fingerprints", "approvals", "routes",
           "quarantine", "findings", "shared_state")
 
 Handler = Callable[[sqlite3.Connection, RecordedEvent, Any], None]
@@ -192,7 +197,7 @@ class Projector:
             except FileNotFoundError:
                 pass
 
-    async def catch_up(self, store: EventStore, *, chunk: int = 5000) -> int:
+    async def catch_up(self, store: EventStore, *, chunk: int = 20000) -> int:
         """Apply every event after the stored position; return how many were applied.
 
         Concurrent catch-ups from several processes are safe: each chunk is
@@ -338,6 +343,9 @@ def _run_started(conn: sqlite3.Connection, recorded: RecordedEvent, event: RunSt
         (run_id, event.pipeline, event.locator, event.fingerprint, event.submitter, _json(event.params),
          recorded.recorded_at, recorded.seq),
     )
+    # Lineage names the code fingerprint in force when each output was recorded.
+    conn.execute("INSERT OR REPLACE INTO fingerprints (run_id, seq, fingerprint) VALUES (?, ?, ?)",
+                 (run_id, recorded.seq, event.fingerprint))
     for spec in event.nodes:
         keys = spec.partitions or ("",)
         inputs = [[source.removesuffix(".rejected"), "rejected" if source.endswith(".rejected") else "output"]
@@ -364,6 +372,8 @@ def _run_resumed(conn: sqlite3.Connection, recorded: RecordedEvent, event: RunRe
 
 def _code_change(conn: sqlite3.Connection, recorded: RecordedEvent, event: CodeChangeAccepted) -> None:
     conn.execute("UPDATE runs SET fingerprint = ? WHERE run_id = ?", (event.new_fingerprint, recorded.stream_id))
+    conn.execute("INSERT OR REPLACE INTO fingerprints (run_id, seq, fingerprint) VALUES (?, ?, ?)",
+                 (recorded.stream_id, recorded.seq, event.new_fingerprint))
     conn.execute(
         "INSERT OR REPLACE INTO findings (run_id, seq, kind, node, detail, recorded_at) VALUES (?, ?, ?, ?, ?, ?)",
         (recorded.stream_id, recorded.seq, "code change accepted", None,
@@ -401,33 +411,35 @@ class _Completions:
             raise
 
     def _add(self, recorded: RecordedEvent, fields: dict[str, Any]) -> None:
-        run_id = recorded.stream_id
+        run_id, seq = recorded.stream_id, recorded.seq
         node, partition = fields["node"], fields["partition"]
         manifest = fields.get("manifest")
         report = fields.get("report") or {}
-        rows_out = manifest["rows"] if manifest else report.get("loaded_rows")
-        key = (run_id, node, partition)
         self.nodes.add((run_id, node))
 
-        self.partitions.append(
-            (fields["attempt"], report.get("rows_in"), rows_out, fields.get("duration_s", 0.0),
-             recorded.recorded_at, *key)
-        )
+        self.partitions.append((
+            fields["attempt"], report.get("rows_in"), manifest["rows"] if manifest else report.get("loaded_rows"),
+            fields.get("duration_s", 0.0), recorded.recorded_at, run_id, node, partition,
+        ))
 
-        ports = [("output", manifest)] if manifest else []
-        ports.extend((fields.get("extra") or {}).items())
-        self.checkpoints.extend(
-            (*key, port, item["uri"], item["sha256"], item["rows"], item.get("bytes", 0), recorded.seq)
-            for port, item in ports
-        )
+        if manifest:
+            self.checkpoints.append((run_id, node, partition, "output", manifest["uri"], manifest["sha256"],
+                                     manifest["rows"], manifest.get("bytes", 0), seq))
+        extra = fields.get("extra")
+        if extra:
+            self.checkpoints.extend(
+                (run_id, node, partition, port, item["uri"], item["sha256"], item["rows"], item.get("bytes", 0), seq)
+                for port, item in extra.items()
+            )
 
         reasons = report.get("rejected_by_reason")
         if reasons:
-            self.quarantine.extend((*key, str(reason), int(count)) for reason, count in reasons.items())
+            self.quarantine.extend((run_id, node, partition, str(reason), int(count))
+                                   for reason, count in reasons.items())
 
         # Inputs are resolved when lineage is read (see LINEAGE_QUERY): they are
         # the source checkpoints that were valid when this event was recorded.
-        self.lineage.append((run_id, recorded.seq, node, partition, manifest["uri"] if manifest else None))
+        self.lineage.append((run_id, seq, node, partition))
 
     def flush(self, conn: sqlite3.Connection) -> None:
         """Write the buffered completions and empty the buffer."""
@@ -453,16 +465,8 @@ class _Completions:
             self.quarantine,
         )
 
-        # A run's fingerprint changes only with CodeChangeAccepted, never between two flushes.
-        fingerprints = {
-            run_id: conn.execute("SELECT fingerprint FROM runs WHERE run_id = ?", (run_id,)).fetchone()
-            for run_id in {run_id for run_id, _ in self.nodes}
-        }
-        conn.executemany(
-            "INSERT OR REPLACE INTO lineage (run_id, seq, node, partition, output_uri, run_fingerprint) "
-            "VALUES (?, ?, ?, ?, ?, ?)",
-            [row + fingerprints[row[0]] for row in self.lineage if fingerprints[row[0]]],
-        )
+        conn.executemany("INSERT OR REPLACE INTO lineage (run_id, seq, node, partition) VALUES (?, ?, ?, ?)",
+                         self.lineage)
         self.__init__()  # type: ignore[misc]
 
 

@@ -35,8 +35,9 @@ class LocalCluster:
     def address(self) -> str:
         return self.cluster.address
 
-    def add_worker(self) -> Any:
-        node = self.cluster.add_node(num_cpus=1)
+    def add_worker(self, **resources: float) -> Any:
+        """Start a worker node with one CPU and the given custom resources."""
+        node = self.cluster.add_node(num_cpus=1, resources=resources)
         self.workers.append(node)
         return node
 
@@ -73,9 +74,15 @@ class Command:
     home: pathlib.Path
     address: str
     extra_env: dict[str, str] = field(default_factory=dict)
+    store: str | None = None
+
+    @property
+    def checkpoints(self) -> str:
+        return str(self.home / "shared-checkpoints")
 
     def argv(self, *args: str) -> list[str]:
-        return [LEDGERFLOW, *args, "--home", str(self.home), "--checkpoints", str(self.home / "shared-checkpoints")]
+        store = ["--store", self.store] if self.store else []
+        return [LEDGERFLOW, *args, "--home", str(self.home), "--checkpoints", self.checkpoints, *store]
 
     def env(self) -> dict[str, str]:
         return {**os.environ, "RAY_ADDRESS": self.address, **self.extra_env}
@@ -116,3 +123,8 @@ def poll() -> Callable[..., Any]:
 @pytest.fixture(scope="session")
 def spread_pipeline() -> str:
     return str(PIPELINES / "spread.py")
+
+
+@pytest.fixture(scope="session")
+def many_driver() -> str:
+    return str(PIPELINES / "many.py")
