@@ -29,9 +29,17 @@ def skip_or_fail(reason: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def time_server(request: pytest.FixtureRequest) -> str:
-    """Return the path of the ``mcp-server-time`` executable, installed in its own venv."""
-    venv = pathlib.Path(request.config.cache.mkdir("mcp-server-time-venv"))
+def time_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Return the path of the ``mcp-server-time`` executable, installed in its own venv.
+
+    The venv is kept in pytest's cache directory between sessions, or in a
+    temporary directory when the cache plugin is off (``-p no:cacheprovider``).
+    """
+    cache = getattr(request.config, "cache", None)
+    if cache is not None:
+        venv = pathlib.Path(cache.mkdir("mcp-server-time-venv"))
+    else:
+        venv = tmp_path_factory.mktemp("mcp-server-time-venv")
     executable = venv / "bin" / "mcp-server-time"
     if executable.exists():
         return str(executable)

@@ -75,14 +75,17 @@ class Command:
     address: str
     extra_env: dict[str, str] = field(default_factory=dict)
     store: str | None = None
+    #: The --checkpoints value; None leaves the option out (checkpoints in the home directory).
+    checkpoints: str | None = None
 
-    @property
-    def checkpoints(self) -> str:
-        return str(self.home / "shared-checkpoints")
+    def __post_init__(self) -> None:
+        if self.checkpoints is None:
+            self.checkpoints = str(self.home / "shared-checkpoints")
 
     def argv(self, *args: str) -> list[str]:
         store = ["--store", self.store] if self.store else []
-        return [LEDGERFLOW, *args, "--home", str(self.home), "--checkpoints", self.checkpoints, *store]
+        checkpoints = ["--checkpoints", self.checkpoints] if self.checkpoints else []
+        return [LEDGERFLOW, *args, "--home", str(self.home), *checkpoints, *store]
 
     def env(self) -> dict[str, str]:
         return {**os.environ, "RAY_ADDRESS": self.address, **self.extra_env}
