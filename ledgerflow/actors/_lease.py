@@ -16,17 +16,14 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Coroutine
-from typing import Any, TypeVar
+from typing import Any
 
 import structlog
 
 from ledgerflow.actors._errors import LeaseHeldError
-from ledgerflow.events import is_postgres_url
+from ledgerflow.events import is_postgres_url, run_sync
 
 logger = structlog.get_logger("ledgerflow.lease")
-
-_T = TypeVar("_T")
 
 
 def lease_path(store_path: str, run_id: str) -> str:
@@ -114,7 +111,7 @@ def lease_is_free(store_url: str, run_id: str) -> bool:
     the advisory lock up in ``pg_locks`` and takes nothing.
     """
     if is_postgres_url(store_url):
-        return _run_in_thread(PostgresLease(store_url, run_id).probe()) is None
+        return run_sync(PostgresLease(store_url, run_id).probe()) is None
     lease = Lease(_file_path(store_url), run_id)
     try:
         lease.acquire()
@@ -127,7 +124,7 @@ def lease_is_free(store_url: str, run_id: str) -> bool:
 def lease_holder(store_url: str, run_id: str) -> str:
     """Return 'host HOST, pid PID' of the run's lease holder, as far as it is recorded."""
     if is_postgres_url(store_url):
-        return _run_in_thread(PostgresLease(store_url, run_id).probe()) or "no holder"
+        return run_sync(PostgresLease(store_url, run_id).probe()) or "no holder"
     return describe_holder(lease_path(_file_path(store_url), run_id))
 
 
@@ -326,19 +323,3 @@ def _stop_loop(loop: asyncio.AbstractEventLoop, thread: threading.Thread) -> Non
     loop.close()
 
 
-def _run_in_thread(coroutine: Coroutine[Any, Any, _T]) -> _T:
-    """Run ``coroutine`` on a fresh event loop in its own thread; callers may already be inside a loop."""
-    result: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            result["value"] = asyncio.run(coroutine)
-        except BaseException as err:  # noqa: BLE001 - re-raised in the caller's thread
-            result["error"] = err
-
-    thread = threading.Thread(target=target, name="ledgerflow-lease-probe")
-    thread.start()
-    thread.join()
-    if "error" in result:
-        raise result["error"]
-    return result["value"]

@@ -69,6 +69,7 @@ from ledgerflow.events._run_events import (
     WatermarkInherited,
 )
 from ledgerflow.events._sqlite import SqliteEventStore
+from ledgerflow.events._sync import run_sync
 from ledgerflow.events._state import (
     TERMINAL_STATUSES,
     WATERMARK_PREFIX,
@@ -178,6 +179,7 @@ __all__ = [
     "registered_types",
     "resolve_home",
     "resolve_store_url",
+    "run_sync",
     "snapshot",
     "upcaster",
     "validate_stream_id",

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import html
 import os
-import threading
-from collections.abc import Coroutine
-from typing import Any, TypeVar
+from typing import Any
 
 from ledgerflow.events import (
     EventStore,
@@ -18,32 +15,9 @@ from ledgerflow.events import (
     open_store,
     resolve_home,
     resolve_store_url,
+    run_sync,
 )
 from ledgerflow.projections._projector import LINEAGE_QUERY, Projector
-
-T = TypeVar("T")
-
-
-def run_sync(coroutine: Coroutine[Any, Any, T]) -> T:
-    """Run a coroutine to completion, also from inside a running loop (as in Jupyter)."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coroutine)
-    result: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            result["value"] = asyncio.run(coroutine)
-        except BaseException as err:  # noqa: BLE001 - re-raised in the caller's thread
-            result["error"] = err
-
-    thread = threading.Thread(target=target, name="ledgerflow-sync")
-    thread.start()
-    thread.join()
-    if "error" in result:
-        raise result["error"]
-    return result["value"]
 
 
 def projections_path(store_url: str, home: str | None = None) -> str:
