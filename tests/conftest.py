@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
-import threading
 import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
+
+from ledgerflow.events import run_sync
 
 # Retry backoffs are scaled down so that retry tests take milliseconds.
 os.environ.setdefault("LEDGERFLOW_BACKOFF_SCALE", "0.01")
@@ -50,24 +50,6 @@ POSTGRES_URL = os.environ.get("LEDGERFLOW_TEST_POSTGRES", "postgresql://postgres
 # Pipelines that tests run read the server's URL from the environment, which Ray workers inherit
 # from this process; it is set before the session's Ray starts.
 os.environ.setdefault("LEDGERFLOW_TEST_POSTGRES_URL", POSTGRES_URL)
-
-
-def run_sync(coroutine):  # type: ignore[no-untyped-def]
-    """Run ``coroutine`` to the end on a fresh event loop in its own thread, so it works inside async tests too."""
-    result: dict[str, object] = {}
-
-    def target() -> None:
-        try:
-            result["value"] = asyncio.run(coroutine)
-        except BaseException as err:  # noqa: BLE001 - re-raised in the caller's thread
-            result["error"] = err
-
-    thread = threading.Thread(target=target)
-    thread.start()
-    thread.join()
-    if "error" in result:
-        raise result["error"]  # type: ignore[misc]
-    return result.get("value")
 
 
 async def _server_version(url: str) -> str:

@@ -38,8 +38,8 @@ from ledgerflow.actors._mcp_errors import (
     McpToolError,
     McpTransportError,
 )
-from ledgerflow.actors._mcp_transport import invoke, run_async, scrub, secret_values
-from ledgerflow.events import Manifest, McpToolCalled
+from ledgerflow.actors._mcp_transport import invoke, scrub, secret_values
+from ledgerflow.events import Manifest, McpToolCalled, run_sync
 
 __all__ = [
     "DEFAULT_MAX_RESULT_BYTES",
@@ -223,7 +223,7 @@ def call_tool(ledger: CallLedger, server: McpServer, tool: str, arguments: Mappi
         outcome="interrupted", idempotency_key=idempotency_key,
     ))
     try:
-        result = run_async(invoke(server, tool, call_arguments, meta or None, limit))
+        result = run_sync(invoke(server, tool, call_arguments, meta or None, limit))
         if result.is_error:
             # The server may echo its environment or headers, so secrets are scrubbed here too.
             text = scrub(_result_text(result)[:500], secret_values(server))

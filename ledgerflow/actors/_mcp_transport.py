@@ -9,12 +9,10 @@ stopped when the call ends, whatever its outcome.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import subprocess
 import sys
-import threading
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -78,26 +76,7 @@ def scrub(text: str, secrets: list[str]) -> str:
 
 
 
-def run_async(coroutine: Any) -> Any:
-    """Run ``coroutine`` to its end, in a new thread when this thread already runs an event loop."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coroutine)
-    box: dict[str, Any] = {}
 
-    def target() -> None:
-        try:
-            box["value"] = asyncio.run(coroutine)
-        except BaseException as err:  # noqa: BLE001 - re-raised in the calling thread
-            box["error"] = err
-
-    thread = threading.Thread(target=target, name="ledgerflow-mcp-call")
-    thread.start()
-    thread.join()
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
 
 
 async def invoke(server: McpServer, tool: str, arguments: dict[str, Any], meta: dict[str, Any] | None,
