@@ -178,6 +178,8 @@ class Projector:
         conn.execute("PRAGMA synchronous = NORMAL")
         # A rebuild touches far more pages than the default 2 MiB cache holds.
         conn.execute("PRAGMA cache_size = -65536")
+        # Checkpointing the WAL every 10,000 pages (about 40 MB) rather than 1,000 costs a rebuild fewer fsyncs.
+        conn.execute("PRAGMA wal_autocheckpoint = 10000")
         conn.executescript(_SCHEMA)
         return conn
 
