@@ -8,6 +8,7 @@ without loading, 7 run held by another executor, 130 interrupted by Ctrl-C.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import functools
 import json
 import os
@@ -27,6 +28,7 @@ from ledgerflow.actors import (
     cancel_run,
     check_run_checkpoints,
     collect_garbage,
+    record_export,
     decide,
     default_submitter,
     lease_is_free,
@@ -484,15 +486,21 @@ def audit(options: Options, run_id: str) -> int:
 def export(options: Options, run_id: str, file: str) -> int:
     """Write RUN's verified stream to FILE as JSON lines an auditor can check without ledgerflow."""
 
-    async def write() -> dict[str, Any]:
+    async def write() -> tuple[dict[str, Any], RunState]:
         store = await open_store(options.settings.store_url, create=False)
         try:
             state = await load_run_state(store, run_id)
-            return {**await export_run(store, run_id, file), "status": state.status}
+            return {**await export_run(store, run_id, file), "status": state.status}, state
         finally:
             await store.close()
 
-    header = asyncio.run(write())
+    header, state = asyncio.run(write())
+    try:
+        record_export(state, dt.datetime.now(dt.timezone.utc))
+    except OSError as err:
+        # The export is written; only gc's reminder of it is missing.
+        click.echo(f"warning: could not record the export in {state.checkpoint_root} ({err}): gc may remove "
+                   "this run's checkpoints before the export is old", err=True)
     if options.as_json:
         click.echo(json.dumps({"run_id": run_id, "file": os.path.abspath(file), **header}))
     else:

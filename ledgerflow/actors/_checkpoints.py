@@ -74,6 +74,14 @@ class CheckpointStore:
     def run_directory(self, run_id: str) -> str:
         return self._uri(f"{self._base}/{run_id}")
 
+    def read_bytes(self, *, run_id: str, name: str) -> bytes | None:
+        """Return a side file written by :meth:`write_bytes`, or None when it is absent."""
+        try:
+            with self._fs.open_input_stream(f"{self._base}/{run_id}/{name}") as stream:
+                return stream.read()
+        except (FileNotFoundError, OSError):
+            return None
+
     def run_usage(self, run_id: str) -> tuple[int, int]:
         """Return the number of files and bytes under a run's directory (0, 0 when it is absent)."""
         selector = pafs.FileSelector(f"{self._base}/{run_id}", allow_not_found=True, recursive=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import os
 import socket
 from dataclasses import asdict, dataclass
@@ -39,6 +40,9 @@ logger = structlog.get_logger("ledgerflow.gc")
 
 #: Days a finished run keeps its checkpoints when no policy is given.
 DEFAULT_RETENTION_DAYS = 30.0
+
+#: The side file in a run's checkpoint directory that records its latest export.
+EXPORT_MARKER = "_exported.json"
 
 
 @dataclass
@@ -106,6 +110,10 @@ async def _collect_run(store: Any, store_url: str, state: RunState, cutoff: dt.d
         return Collected(run_id, state.status, "kept", f"ended {state.ended_at}, within {days:g} days")
 
     checkpoints = CheckpointStore(state.checkpoint_root)
+    exported = await asyncio.to_thread(last_export, checkpoints, run_id)
+    if exported is not None and exported > cutoff:
+        # An auditor holding a recent export may still open the sample and checkpoints it points to.
+        return Collected(run_id, state.status, "kept", f"exported {exported.isoformat()}, within {days:g} days")
     files, size = await asyncio.to_thread(checkpoints.run_usage, run_id)
     uris = sorted(manifest.uri for manifest in recorded_checkpoints(state)
                   if manifest.uri not in state.removed_checkpoints)
@@ -135,6 +143,29 @@ async def _collect_run(store: Any, store_url: str, state: RunState, cutoff: dt.d
         lease.release()
     logger.info("checkpoints removed", run_id=run_id, files=files, bytes=size, seq=seq)
     return Collected(run_id, state.status, "removed", f"ended {state.ended_at}", files, size, seq)
+
+
+def record_export(state: RunState, exported_at: dt.datetime) -> None:
+    """Note in the run's checkpoint directory when it was exported, so that gc keeps its files for a policy period.
+
+    Nothing is written for a run whose checkpoints retention already removed.
+    """
+    if not state.checkpoint_root or state.removed_checkpoints:
+        return
+    marker = json.dumps({"run_id": state.run_id, "exported_at": exported_at.astimezone(dt.timezone.utc).isoformat()})
+    CheckpointStore(state.checkpoint_root).write_bytes(marker.encode(), run_id=state.run_id, name=EXPORT_MARKER)
+
+
+def last_export(checkpoints: CheckpointStore, run_id: str) -> dt.datetime | None:
+    """Return when the run was last exported, or None when no valid export marker exists."""
+    data = checkpoints.read_bytes(run_id=run_id, name=EXPORT_MARKER)
+    if data is None:
+        return None
+    try:
+        return dt.datetime.fromisoformat(json.loads(data)["exported_at"])
+    except (ValueError, KeyError, TypeError):
+        logger.warning("export marker unreadable, ignored", run_id=run_id, marker=EXPORT_MARKER)
+        return None
 
 
 def recorded_checkpoints(state: RunState) -> list[Manifest]:

@@ -1,8 +1,13 @@
-"""Retention: `gc` removes checkpoints of finished runs only, records it, and `verify` tells removed from lost."""
+"""Retention: `gc` removes checkpoints of finished runs only and records it; `verify` reports removed files apart from lost ones."""
 
 from __future__ import annotations
 
+import datetime as dt
+
 import pytest
+
+import ledgerflow as lf
+import ledgerflow.actors
 
 
 @pytest.fixture
@@ -51,7 +56,7 @@ def test_gc_removes_finished_run_only(two_runs):
     assert again["done-1"]["reason"] == "no checkpoints left"
     assert len(cli.logged("done-1")) == events_before + 1
 
-    # verify and resume say the files were removed on purpose.
+    # verify and resume report the files as removed on purpose.
     removed = cli("verify", "done-1", "--json")
     resumed = cli("resume", "done-1")
 
@@ -101,3 +106,24 @@ def test_gc_rejects_negative_policy(cli):
 
     assert result.returncode == 2, str(result)
     assert "-1" in result.stderr
+
+
+def test_gc_keeps_recent_export(two_runs, tmp_path):
+    cli = two_runs
+    exported = cli("export", "done-1", str(tmp_path / "done-1.jsonl"))
+    marker_written = (cli.home / "checkpoints" / "done-1" / "_exported.json").exists()
+    settings = lf.Settings.resolve(home=str(cli.home))
+    now = dt.datetime.now(dt.timezone.utc)
+    # As if the run were exported again a day and a half from now.
+    lf.actors.record_export(lf.load_state("done-1", settings=settings), now + dt.timedelta(days=1.5))
+
+    kept = {item.run_id: item for item in lf.actors.collect_garbage(
+        older_than_days=1, now=now + dt.timedelta(days=2), settings=settings)}
+    removed = {item.run_id: item for item in lf.actors.collect_garbage(
+        older_than_days=1, now=now + dt.timedelta(days=3), settings=settings)}
+
+    assert exported.returncode == 0, str(exported)
+    assert marker_written
+    assert kept["done-1"].action == "kept"
+    assert kept["done-1"].reason.startswith("exported ")
+    assert removed["done-1"].action == "removed"
