@@ -709,15 +709,17 @@ class _CsvPass:
                 raise self._parse_error(err) from err
             yield self._number_records(batch)
         if self._skipped:
+            # Rows skipped after the last batch (a file ending in bad rows) belong to no batch.
             empty = pa.RecordBatch.from_arrays([pa.array([], pa.string())] * self.width,
                                                names=[f"f{index}" for index in range(self.width)])
-            yield self._number_records(empty)
+            yield self._number_records(empty, final=True)
 
-    def _number_records(self, batch: pa.RecordBatch) -> _Chunk:
+    def _number_records(self, batch: pa.RecordBatch, *, final: bool = False) -> _Chunk:
         count = batch.num_rows
         # A skipped row falls among this batch's rows when its number is below the number of the
-        # batch's last record, which moves one further for every skipped row before it.
-        skipped_count = 0
+        # batch's last record, which moves one further for every skipped row before it. After the
+        # last batch, every remaining skipped row is taken.
+        skipped_count = len(self._skipped) if final else 0
         while skipped_count < len(self._skipped):
             if self._skipped[skipped_count].number >= self._number + count + skipped_count:
                 break

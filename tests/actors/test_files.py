@@ -518,6 +518,27 @@ def test_gzip_file_read(tmp_path):
     assert result.valid.to_pylist() == [{"id": 1, "name": "Ann"}]
 
 
+def test_bad_rows_at_end_of_file_quarantined(tmp_path):
+    path = tmp_path / "tail.csv"
+    path.write_text('id,amount,day\n1,10.5,2024-01-01\n2,7.5,2024-01-02\n3,7\n4,8.0,2024-01-04,extra\n'
+                    '5,"unterminated,2024-01-05\n', encoding="utf-8")
+
+    result = CsvSource(str(path)).read("tail.csv")
+
+    assert result.valid.column("id").to_pylist() == [1, 2]
+    assert quarantined(result) == [(4, "expected 3 fields, found 2"), (5, "expected 3 fields, found 4"),
+                                   (6, "expected 3 fields, found 2")]
+    assert result.report["rows_in"] == 5
+
+
+def test_bad_rows_at_end_fail_when_asked(tmp_path):
+    path = tmp_path / "tail.csv"
+    path.write_text("id,amount\n1,10.5\n3\n", encoding="utf-8")
+
+    with pytest.raises(BadRowError, match=r"line 3"):
+        CsvSource(str(path), fail_on_bad_rows=True).read("tail.csv")
+
+
 def test_zip_archive_read(tmp_path):
     path = tmp_path / "orders.csv.zip"
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
