@@ -50,7 +50,6 @@ from ledgerflow.events import (
     TamperedLogError,
     UsageError,
     apply,
-    is_postgres_url,
     load_run_state,
     open_store,
     redact_text,
@@ -77,7 +76,7 @@ def common_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
     @click.option("--home", envvar="LEDGERFLOW_HOME", type=click.Path(file_okay=False),
                   help="Directory of the log, checkpoints and default warehouse [default: ./.ledgerflow].")
-    @click.option("--store", envvar="LEDGERFLOW_STORE", help="Event store: a SQLite file path [default: HOME/ledgerflow.db].")
+    @click.option("--store", envvar="LEDGERFLOW_STORE", help="Event store: a SQLite file path or a postgresql:// URL [default: HOME/ledgerflow.db].")
     @click.option("--checkpoints", help="Checkpoint directory or pyarrow.fs URI [default: HOME/checkpoints].")
     @click.option("--address", envvar="RAY_ADDRESS", help="Ray cluster to join [default: a private local Ray].")
     @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (JSON lines for events); never prompt.")
@@ -280,7 +279,9 @@ def runs(options: Options) -> int:
     """List runs, newest first (from the read models, caught up with the log first)."""
 
     async def collect() -> list[dict[str, Any]]:
-        if not is_postgres_url(options.settings.store_url) and not os.path.exists(options.settings.store_path):
+        url = options.settings.store_url
+        # A missing SQLite file means no runs yet; any other URL goes to open_store, which rejects unknown kinds.
+        if "://" not in url.removeprefix("sqlite://") and not os.path.exists(options.settings.store_path):
             return []
         try:
             store = await open_store(options.settings.store_url, create=False)
@@ -485,6 +486,11 @@ def audit(options: Options, run_id: str) -> int:
 @common_options
 def export(options: Options, run_id: str, file: str) -> int:
     """Write RUN's verified stream to FILE as JSON lines an auditor can check without ledgerflow."""
+
+    directory = os.path.dirname(os.path.abspath(file))
+    if not os.path.isdir(directory):
+        raise UsageError(f"cannot write the export to {file}: directory {directory} does not exist; create it or "
+                         "pass another FILE")
 
     async def write() -> tuple[dict[str, Any], RunState]:
         store = await open_store(options.settings.store_url, create=False)

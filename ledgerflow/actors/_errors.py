@@ -36,8 +36,8 @@ class RunExistsError(UsageError):
 
     def __init__(self, run_id: str) -> None:
         super().__init__(
-            f"run id {run_id!r} is already used: pick another --run-id, or continue it with "
-            f"'ledgerflow resume {run_id}'"
+            f"run id {run_id!r} is already used: pick another --run-id, or, if that run has not ended, "
+            f"continue it with 'ledgerflow resume {run_id}'"
         )
         self.run_id = run_id
 

@@ -133,3 +133,19 @@ def test_debug_prints_traceback(finished_run):
     assert verbose.returncode == 2, str(verbose)
     assert "Traceback (most recent call last)" in verbose.stderr
     assert "RunNotFoundError" in verbose.stderr
+
+
+def test_runs_rejects_unknown_store_kind(cli):
+    result = cli("runs", "--store", "mysql://user@127.0.0.1/db")
+
+    assert result.returncode == 2, str(result)
+    assert "unsupported store URL 'mysql://user@127.0.0.1/db'" in result.stderr
+
+
+def test_export_to_missing_directory_names_it(finished_run, tmp_path):
+    target = tmp_path / "absent" / "run.jsonl"
+
+    result = finished_run.cli("export", finished_run.run_id, str(target))
+
+    assert result.returncode == 2, str(result)
+    assert f"directory {target.parent} does not exist" in result.stderr
