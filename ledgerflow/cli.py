@@ -40,7 +40,7 @@ from ledgerflow.actors import (
 )
 from ledgerflow.actors._loader import canonical_locator
 from ledgerflow.actors._logging import LEVEL_ENV, LEVELS, configure_logging
-from ledgerflow.actors._runner import new_run_id
+from ledgerflow.actors._runner import RAY_OUTPUT_ENV, new_run_id
 from ledgerflow.projections import audit_run, caught_up_projector, export_run
 from ledgerflow.events import (
     LedgerflowError,
@@ -92,6 +92,10 @@ def common_options(command: Callable[..., Any]) -> Callable[..., Any]:
         if log_level is not None:
             # Executors and workers read the level from the environment of the process that starts them.
             os.environ[LEVEL_ENV] = log_level.lower()
+        if debug:
+            # Executors then log failed attempts with their tracebacks, and Ray forwards that output here.
+            os.environ.setdefault(LEVEL_ENV, "debug")
+            os.environ[RAY_OUTPUT_ENV] = "1"
         try:
             configure_logging("debug" if debug else os.environ.get(LEVEL_ENV) or "warning")
         except ValueError as err:

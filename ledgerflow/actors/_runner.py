@@ -364,9 +364,13 @@ def resume_run(
                     handle_sigint=handle_sigint)
 
 
+#: Set to 1 (``--debug`` does) to print the output of executors and workers in the driver.
+RAY_OUTPUT_ENV = "LEDGERFLOW_RAY_OUTPUT"
+
+
 def _execute(settings: Settings, config: ExecutorConfig, *, on_progress: ProgressCallback | None,
              max_restarts: int, handle_sigint: bool) -> RunResult:
-    ensure_ray(settings.address)
+    ensure_ray(settings.address, log_to_driver=os.environ.get(RAY_OUTPUT_ENV) == "1")
     _check_cluster(settings)
     options: dict[str, Any] = {
         "name": _actor_name(config.run_id, settings),

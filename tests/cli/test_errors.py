@@ -149,3 +149,20 @@ def test_export_to_missing_directory_names_it(finished_run, tmp_path):
 
     assert result.returncode == 2, str(result)
     assert f"directory {target.parent} does not exist" in result.stderr
+
+
+def test_debug_shows_node_traceback(cli, tmp_path):
+    pipeline = tmp_path / "boom.py"
+    pipeline.write_text(
+        "import pyarrow as pa\nimport ledgerflow as lf\n\npipeline = lf.Pipeline('boom')\n\n\n"
+        "@pipeline.extract\ndef numbers() -> pa.Table:\n    return pa.table({'a': [1]}).select(['x'])\n",
+        encoding="utf-8",
+    )
+
+    plain = cli("run", str(pipeline), "--run-id", "boom-1")
+    debug = cli("run", str(pipeline), "--run-id", "boom-2", "--debug")
+
+    assert plain.returncode == 1, str(plain)
+    assert f'File "{pipeline}", line 9' not in plain.stderr
+    assert debug.returncode == 1, str(debug)
+    assert f'File "{pipeline}", line 9' in debug.stderr
