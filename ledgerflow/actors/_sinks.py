@@ -5,13 +5,13 @@ from __future__ import annotations
 import datetime as dt
 import os
 import sqlite3
-import time
 from collections.abc import Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from ledgerflow.actors._errors import ConfigurationError, SchemaMismatchError
+from ledgerflow.events import enable_wal
 
 MARKER_TABLE = "_ledgerflow_loads"
 _BATCH_ROWS = 50_000
@@ -89,25 +89,6 @@ def _rows(table: pa.Table) -> Iterator[tuple[object, ...]]:
         yield from zip(*(column.to_pylist() for column in batch.columns))
 
 
-def _enable_wal(conn: sqlite3.Connection, *, timeout_s: float) -> None:
-    """Switch the database to WAL mode, retrying while another connection holds a lock.
-
-    Switching needs an exclusive lock. When two connections switch a new
-    database at once, SQLite fails one with "database is locked" without
-    waiting for its busy timeout (seen with SQLite 3.40.1 in 2 of 40 trials of
-    four concurrent first loads from Ray tasks).
-    """
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            conn.execute("PRAGMA journal_mode = WAL")
-            return
-        except sqlite3.OperationalError as err:
-            if "database is locked" not in str(err) or time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
-
-
 def load_into_sqlite(database: str, table_name: str, data: pa.Table, *, run_id: str, node: str,
                      partition: str, key: tuple[str, ...] | None = None) -> tuple[int, bool]:
     """Insert ``data`` into ``table_name`` once for this run, node and partition.
@@ -121,7 +102,7 @@ def load_into_sqlite(database: str, table_name: str, data: pa.Table, *, run_id: 
     except sqlite3.Error as err:
         raise ConfigurationError(f"cannot open warehouse {database}: {err}") from err
     try:
-        _enable_wal(conn, timeout_s=60)
+        enable_wal(conn, timeout_s=60)
         conn.execute("BEGIN IMMEDIATE")
         conn.execute(
             f"CREATE TABLE IF NOT EXISTS {MARKER_TABLE} (run_id TEXT NOT NULL, node TEXT NOT NULL, "

@@ -68,7 +68,7 @@ from ledgerflow.events._run_events import (
     WatermarkAdvanced,
     WatermarkInherited,
 )
-from ledgerflow.events._sqlite import SqliteEventStore
+from ledgerflow.events._sqlite import SqliteEventStore, enable_wal
 from ledgerflow.events._sync import run_sync
 from ledgerflow.events._state import (
     TERMINAL_STATUSES,
@@ -157,6 +157,7 @@ __all__ = [
     "apply",
     "chain_step",
     "decode_payload",
+    "enable_wal",
     "encode_payload",
     "encode_value",
     "envelope_bytes",

@@ -327,7 +327,7 @@ def _prepare_file(conn: sqlite3.Connection, path: str, synchronous: str, key: by
                     path=path,
                 )
             check_meta(dict(conn.execute("SELECT key, value FROM meta").fetchall()), path, key)
-        _enable_wal(conn)
+        enable_wal(conn)
         conn.execute(f"PRAGMA synchronous = {synchronous}")
         if not exists:
             # Another process may create the same file at the same time, so
@@ -354,15 +354,15 @@ def _prepare_file(conn: sqlite3.Connection, path: str, synchronous: str, key: by
     return check_meta(meta, path, key)
 
 
-def _enable_wal(conn: sqlite3.Connection) -> None:
-    """Switch the file to WAL, waiting out writers that hold the lock.
+def enable_wal(conn: sqlite3.Connection, *, timeout_s: float = BUSY_TIMEOUT_MS / 1000) -> None:
+    """Switch the database to WAL, waiting out other connections that hold a lock.
 
     Switching takes an exclusive lock. If another process is creating the
     schema in a fresh file, SQLite reports "locked" at once instead of calling
     the busy handler, because waiting could deadlock. This loop waits instead,
-    up to the busy timeout.
+    up to ``timeout_s``.
     """
-    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    deadline = time.monotonic() + timeout_s
     delay = 0.005
     while True:
         try:

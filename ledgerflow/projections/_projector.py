@@ -48,6 +48,7 @@ from ledgerflow.events import (
     WatermarkAdvanced,
     WatermarkInherited,
     decode_payload,
+    enable_wal,
 )
 
 SCHEMA_VERSION = 3
@@ -174,7 +175,8 @@ class Projector:
                         version=SCHEMA_VERSION)
             self.drop()
             conn = sqlite3.connect(self.path, timeout=60, isolation_level=None)
-        conn.execute("PRAGMA journal_mode = WAL")
+        # Several processes may create the file at once, and the switch to WAL must wait them out.
+        enable_wal(conn)
         conn.execute("PRAGMA synchronous = NORMAL")
         # A rebuild touches far more pages than the default 2 MiB cache holds.
         conn.execute("PRAGMA cache_size = -65536")
