@@ -66,7 +66,7 @@ async def _server_version(url: str) -> str:
 def postgres_server() -> str:
     """The URL of a reachable PostgreSQL server.
 
-    Skips the test when none answers, except with CI=true, where a missing
+    Skips the test when none is reachable, except with CI=true, where a missing
     server fails the test instead.
     """
     try:

@@ -625,7 +625,7 @@ def _coerce_text(value: Any, annotation: Any) -> Any:
 
 
 def _target_shape(target: LoadTarget | None) -> Any:
-    """Describe a load target by value: a function's repr holds its address, which changes every import."""
+    """Describe a load target by value: a function's repr contains its address, which changes every import."""
     if target is None:
         return None
     if isinstance(target, PostgresTable):

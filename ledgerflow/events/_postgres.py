@@ -274,7 +274,7 @@ class PostgresEventStore(ChainedStore):
             StoreError: The server is unreachable, the database does not
                 exist or the login failed.
             LogNotFoundError: The schema contains no log and ``create`` is false.
-            NotALogError: The schema holds tables but not a ledgerflow log.
+            NotALogError: The schema contains tables but not a ledgerflow log.
             LogFormatError: The log was written by a newer format version.
             TamperedLogError: A key is set but the log is unkeyed or uses another key.
         """
@@ -516,7 +516,7 @@ async def _prepare_schema(
                 tables = {"meta"}
     if "meta" not in tables:
         raise NotALogError(
-            f"schema {location.schema!r} of {location.display} holds tables but not a ledgerflow log "
+            f"schema {location.schema!r} of {location.display} contains tables but not a ledgerflow log "
             "(no meta table): pass another schema in the store URL, for example ?schema=ledgerflow_2",
             path=location.display,
         )
