@@ -115,7 +115,7 @@ async def _collect_run(store: Any, store_url: str, state: RunState, cutoff: dt.d
         # An auditor holding a recent export may still open the sample and checkpoints it points to.
         return Collected(run_id, state.status, "kept", f"exported {exported.isoformat()}, within {days:g} days")
     files, size = await asyncio.to_thread(checkpoints.run_usage, run_id)
-    uris = sorted(manifest.uri for manifest in recorded_checkpoints(state)
+    uris = sorted(manifest.uri for _, manifest in recorded_checkpoints(state)
                   if manifest.uri not in state.removed_checkpoints)
     if not files and not uris:
         return Collected(run_id, state.status, "kept", "no checkpoints left")
@@ -168,18 +168,19 @@ def last_export(checkpoints: CheckpointStore, run_id: str) -> dt.datetime | None
         return None
 
 
-def recorded_checkpoints(state: RunState) -> list[Manifest]:
-    """Return every checkpoint the run's state points to: partition outputs, other ports and gate samples."""
-    manifests: list[Manifest] = []
-    for node in state.nodes.values():
-        for part in node.partitions.values():
+def recorded_checkpoints(state: RunState) -> list[tuple[str, Manifest]]:
+    """Return every checkpoint the run's state points to, labelled: partition outputs, other ports and gate samples."""
+    labelled: list[tuple[str, Manifest]] = []
+    for name, node in state.nodes.items():
+        for key, part in node.partitions.items():
+            label = f"{name}[{key}]" if key else name
             if part.manifest is not None:
-                manifests.append(part.manifest)
-            manifests.extend(part.extra.values())
-    for gate in state.gates.values():
+                labelled.append((label, part.manifest))
+            labelled.extend((f"{label}.{port}", manifest) for port, manifest in part.extra.items())
+    for name, gate in state.gates.items():
         if gate.request.sample is not None:
-            manifests.append(gate.request.sample)
-    return manifests
+            labelled.append((f"{name} sample", gate.request.sample))
+    return labelled
 
 
 @dataclass
@@ -195,18 +196,7 @@ class CheckpointCheck:
 def check_run_checkpoints(state: RunState) -> list[CheckpointCheck]:
     """Check every checkpoint the run points to, telling files removed by retention from lost or changed ones."""
     checks: list[CheckpointCheck] = []
-    labelled: list[tuple[str, Manifest]] = []
-    for name, node in state.nodes.items():
-        for key, part in node.partitions.items():
-            label = f"{name}[{key}]" if key else name
-            if part.manifest is not None:
-                labelled.append((label, part.manifest))
-            labelled.extend((f"{label}.{port}", manifest) for port, manifest in part.extra.items())
-    for name, gate in state.gates.items():
-        if gate.request.sample is not None:
-            labelled.append((f"{name} sample", gate.request.sample))
-
-    for label, manifest in labelled:
+    for label, manifest in recorded_checkpoints(state):
         removed_at = state.removed_checkpoints.get(manifest.uri)
         if removed_at is not None:
             checks.append(CheckpointCheck(label, manifest.uri, "removed", f"removed by retention at seq {removed_at}"))
